@@ -1,0 +1,46 @@
+# progemu — every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+# DeepSpeed JIT-compiles its ops once; keep them inside the repository so later runs reuse them.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export PYTHONPATH := $(CURDIR):$(PYTHONPATH)
+PYTEST_ARGS ?=
+
+.PHONY: help install test lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: $(STAMP)  ## create .venv/ and install the package with its dev tools (idempotent)
+
+# torch first, chosen by machine: a CUDA build where a GPU answers, a CPU build elsewhere (the CPU
+# index when reachable, else whatever local wheel pip is configured with). The package's own torch
+# range then admits the installed build, so pip never replaces it with a multi-GB download.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "installing torch $(TORCH_VERSION) (CUDA build)"; $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	  elif $(BIN)/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=3)" 2>/dev/null; then \
+	    echo "installing torch $(TORCH_VERSION) (CPU build)"; \
+	    $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	  else \
+	    echo "installing torch $(TORCH_VERSION) (local wheel)"; $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	  fi; \
+	fi
+	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	@$(BIN)/python -c "import progemu, torch, transformers, deepspeed" 2>/dev/null || { echo "install failed"; exit 1; }
+	@touch $(STAMP)
+
+test: install  ## install what is missing, then run the tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff
+	$(BIN)/ruff check progemu tokenizer train eval tests
+
+clean:  ## remove generated runs and data (keeps .venv)
+	rm -rf runs data outputs .pytest_cache
