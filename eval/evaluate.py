@@ -1,0 +1,173 @@
+"""Evaluate generated counterfactuals against SynthCXR / ICG-CXR ground truth, with floors and ceilings.
+
+Run: ``python -m eval.evaluate --model runs/finetune-tiny/final --data data/synthcxr-128 --out runs/eval``
+     (generates first), or ``python -m eval.evaluate --generated OUTDIR --data DIR --out DIR`` (an existing
+     ``progemu generate`` folder). Writes ``metrics.json``, ``metrics.md``, ``metrics.png``,
+     ``prompted_per_finding.png`` and a self-contained ``report.html``.
+
+Systems on the same items: ``model`` (the outputs), ``identity`` (output = prior, interpretation "No
+significant interval change.": the floor) and ``true_followup`` (the registered follow-up and the reference
+interpretation: the ceiling). Evaluators come from ``--evaluators`` (trained there from ``--data`` when absent);
+one without held-out accuracy, or not clearly better than chance, is not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from eval import classifier, train_evaluators
+from eval.data import EvalItem, eval_items, load_gray, load_records
+from eval.image_metrics import fit, overlay
+from eval.metrics import EvalData, System, evaluate_system
+from eval.outputs import load_guidance, read_generated, run_generation
+from eval.report import GalleryItem, write_report
+from progemu.errors import ProgEmuError
+
+IDENTITY_TEXT = "No significant interval change."
+
+
+def load_evaluators(folder: Path, notes: list[str]) -> tuple[dict[str, classifier.Evaluator], dict]:
+    """The usable evaluators of ``folder`` and every evaluator's spec (for the report)."""
+    used, specs = {}, {}
+    for name in classifier.available(folder):
+        ev = classifier.Evaluator.load(folder, name)
+        specs[name] = {"classes": ev.spec.classes, "heldout": ev.spec.heldout, "training": ev.spec.training}
+        if ev.spec.heldout.get("reliable"):
+            used[name] = ev
+        else:
+            notes.append(f"evaluator {name} is not clearly better than chance on held-out data; its metrics are left out")
+    return used, specs
+
+
+def load_truth(items: list[EvalItem], size: int) -> EvalData:
+    """Priors, true follow-ups and change masks of ``items`` at ``size`` px."""
+    priors = np.stack([load_gray(it.prior_path, size) for it in items])
+    has_targets = all(it.target_path is not None for it in items)
+    targets = np.stack([load_gray(it.target_path, size) for it in items]) if has_targets else None
+    masks = [load_gray(it.change_mask_path, size) > 0.5 if it.change_mask_path else None for it in items]
+    attrs = {k: [it.attributes.get(k) for it in items] for k in ("sex", "age_group", "race")}
+    return EvalData(ids=[it.id for it in items], priors=priors, targets=targets, masks=masks,
+                    references=[it.reference for it in items], prompted=[it.prompted_findings() for it in items],
+                    target_labels=[it.target_labels for it in items], attributes=attrs)
+
+
+def _clean(obj):
+    """JSON-safe: NaN / inf as None or strings, numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None = None, model: str | Path | None = None,
+             evaluators_dir: str | Path = "runs/evaluators", source: str = "icg-cxr", split: str = "test",
+             limit: int | None = 64, size: int = 128, reference_split: str = "validate", gallery: int = 12,
+             generate_args: str = "", log=print) -> dict:
+    """Evaluate and write the report; returns the metrics dict (also written to ``out/metrics.json``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(data_dir, source)
+    items = eval_items(records, split, limit)
+    if not items:
+        raise ProgEmuError(f"{data_dir}: no {split!r} records to evaluate")
+    if generated is None:
+        if model is None:
+            raise ProgEmuError("give --generated (an existing output folder) or --model (to generate)")
+        log(f"generating {len(items)} counterfactuals with {model}")
+        generated = run_generation(model, items, out / "generated", generate_args)
+    gens = read_generated(generated, [it.id for it in items])
+    failed = {k: g.error for k, g in gens.items() if g.error}
+    items = [it for it in items if not gens[it.id].error]
+    notes = [f"{len(failed)} item(s) without outputs are left out of every system"] if failed else []
+    if not items:
+        raise ProgEmuError(f"{generated}: none of the {len(gens)} items has outputs (first error: "
+                           f"{next(iter(failed.values()))})")
+    ev_dir = Path(evaluators_dir)
+    if not classifier.available(ev_dir):
+        log(f"no evaluators in {ev_dir}: training them on {data_dir}")
+        train_evaluators.main(["--data", str(data_dir), "--out", str(ev_dir), "--source", source, "--size", str(size)])
+    evaluators, specs = load_evaluators(ev_dir, notes)
+    log(f"evaluating {len(items)} items with evaluators {sorted(evaluators)}")
+    data = load_truth(items, size)
+    outputs = np.stack([fit(load_gray(gens[it.id].image, size), (size, size)) for it in items])
+    guidance = [load_guidance(gens[it.id].guidance) for it in items]
+    systems = [System("identity", data.priors, [IDENTITY_TEXT] * len(items)),
+               System("model", outputs, [gens[it.id].text for it in items], guidance)]
+    if data.targets is not None:
+        systems.append(System("true_followup", data.targets, data.references))
+    ref_feats = None
+    if "findings" in evaluators:
+        ref = [r for r in records if r.split == reference_split and r.target_image is not None][:256]
+        if len(ref) >= 2:
+            ref_imgs = np.stack([load_gray(r.target_image, size) for r in ref])
+        else:
+            ref_imgs = data.targets if data.targets is not None else data.priors
+            notes.append(f"gFID reference = the evaluated items' own follow-ups (no {reference_split!r} split)")
+        ref_feats = evaluators["findings"].features(ref_imgs)
+    prior_probs = {k: v.predict_proba(data.priors) for k, v in evaluators.items() if k != "findings"}
+    metrics = {"n_items": len(items), "n_failed": len(failed), "failed": failed, "split": split,
+               "data": str(data_dir), "model": str(model) if model else None, "generated": str(generated),
+               "image_size": size, "evaluators": specs, "notes": notes, "systems": {}}
+    for sys_ in systems:
+        metrics["systems"][sys_.name] = evaluate_system(sys_, data, evaluators, ref_feats, prior_probs)
+    for sys_ in metrics["systems"].values():
+        for n in sys_.get("text", {}).pop("notes", []):
+            notes.append(n) if n not in notes else None
+    if "findings" in evaluators:
+        notes.append("gFID uses the project's findings classifier's pooled features (not Inception), against "
+                     f"{len(ref_feats)} real follow-ups; with few items it is biased upwards (compare systems only)")
+    metrics = _clean(metrics)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    shown = items[:gallery]
+    gal = [GalleryItem(it.id, it.prompt, gens[it.id].text, it.reference, data.priors[i], outputs[i],
+                       None if data.targets is None else data.targets[i],
+                       None if guidance[i] is None else overlay(data.priors[i], guidance[i]))
+           for i, it in enumerate(shown)]
+    paths = write_report(metrics, gal, out)
+    log(f"report: {paths['html']}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="data folder with ground truth (SynthCXR / ICG-CXR)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", help="model folder; generation runs into OUT/generated unless --generated is given")
+    ap.add_argument("--generated", help="an existing `progemu generate` output folder")
+    ap.add_argument("--evaluators", default="runs/evaluators")
+    ap.add_argument("--source", default="icg-cxr")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=64, help="items evaluated at most (0: all)")
+    ap.add_argument("--size", type=int, default=128, help="evaluation resolution (px)")
+    ap.add_argument("--gallery", type=int, default=12, help="items shown in report.html")
+    ap.add_argument("--generate-args", default="", help="extra arguments for `progemu generate` (quoted)")
+    args = ap.parse_args(argv)
+    try:
+        m = evaluate(args.data, args.out, args.generated, args.model, args.evaluators, args.source, args.split,
+                     args.limit or None, args.size, gallery=args.gallery, generate_args=args.generate_args)
+    except ProgEmuError as err:
+        print(f"eval.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    model = m["systems"]["model"]
+    for sec, key in (("findings", "prompted_state_found"), ("text", "clinical_f1"), ("image", "ssim_outside_change"),
+                     ("demographics", "sex_accuracy"), ("demographics", "age_group_accuracy")):
+        print(f"{key}: {model.get(sec, {}).get(key)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The batch job behind ``progemu generate``: a manifest in, one folder per item and ``results.jsonl`` out.
+
+    progemu generate --model runs/finetune-tiny/final --input manifest.jsonl --out outputs/cf
+
+Manifest: one JSON object per line, ``id``, ``image`` (path), ``prompt``; optional ``mask`` (path), ``region``.
+Relative paths are read relative to the manifest's folder when the file is there, else to the working
+directory. Per item: ``OUT/<id>/counterfactual.png`` (``counterfactual-<k>.png`` for further samples),
+``interpretation.txt``, ``guidance.png``, ``guidance.npy``, ``record.json`` (written last: it marks the item
+finished). ``OUT/results.jsonl`` holds one line per item: its outputs or its error. A failing item is recorded
+and the others go on; every file is written atomically; a re-run skips finished items.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from progemu.errors import ProgEmuError, RecordError
+from progemu.generation.guidance import overlay
+from progemu.generation.pipeline import CounterfactualPipeline, GenerationItem, GenerationResult, PipelineOptions
+from progemu.generation.region import load_user_mask
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_png(path: Path, arr: np.ndarray) -> None:
+    """(H, W) float in [0, 1] or uint8 (H, W[, 3]) -> PNG."""
+    if arr.dtype != np.uint8:
+        arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
+    _atomic(path, lambda p: Image.fromarray(arr).save(p, format="PNG"))
+
+
+def write_npy(path: Path, arr: np.ndarray) -> None:
+    def save(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.save(fh, arr)
+
+    _atomic(path, save)
+
+
+def _resolve(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or not (base / p).exists() else base / p
+
+
+def read_manifest(path: str | Path, mode: str) -> list[GenerationItem | dict]:
+    """Manifest lines -> items, or ``{"id", "status": "error", "error"}`` for a line that cannot be one."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise RecordError(path, f"cannot read the manifest ({err.strerror or err})") from err
+    out: list[GenerationItem | dict] = []
+    seen: set[str] = set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            out.append({"id": f"line-{n}", "status": "error", "error": f"{where}: not JSON ({err.msg})"})
+            continue
+        item_id = str(obj.get("id", "")) if isinstance(obj, dict) else ""
+        problem = None
+        if not isinstance(obj, dict):
+            problem = "not a JSON object"
+        elif not _SAFE_ID.match(item_id):
+            problem = f"id {item_id!r} missing or not a safe folder name (letters, digits, . _ -)"
+        elif item_id in seen:
+            problem = f"duplicate id {item_id!r}"
+        elif mode != "report2image" and not isinstance(obj.get("image"), str):
+            problem = "no 'image' path"
+        elif mode != "image2report" and not str(obj.get("prompt") or "").strip():
+            problem = "empty prompt"
+        elif obj.get("mask") is not None and not isinstance(obj.get("mask"), str):
+            problem = "'mask' must be a path"
+        if problem:
+            out.append({"id": item_id or f"line-{n}", "status": "error", "error": f"{where}: {problem}"})
+            continue
+        seen.add(item_id)
+        out.append(GenerationItem(
+            id=item_id, image=_resolve(obj["image"], path.parent) if obj.get("image") else None,
+            prompt=str(obj.get("prompt") or ""), mask=_resolve(obj["mask"], path.parent) if obj.get("mask") else None,
+            region=obj.get("region")))
+    return out
+
+
+class BatchRunner:
+    """Runs a manifest through a pipeline in batches, writing per-item folders and ``results.jsonl``."""
+
+    def __init__(self, pipeline: CounterfactualPipeline, out_dir: str | Path, options: PipelineOptions,
+                 batch_size: int = 8, overwrite: bool = False, progress: bool = True):
+        self.pipe, self.out, self.opts = pipeline, Path(out_dir), options
+        self.batch_size, self.overwrite, self.progress = max(1, batch_size), overwrite, progress
+        self.results: dict[str, dict] = {}
+        self.order: list[str] = []
+
+    # ---- bookkeeping --------------------------------------------------------------------------------------
+    def _finished(self, item_id: str) -> dict | None:
+        rec = self.out / item_id / "record.json"
+        if self.overwrite or not rec.is_file():
+            return None
+        try:
+            data = json.loads(rec.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged record: do the item again
+        return data.get("result") if data.get("status") == "ok" else None
+
+    def _flush(self) -> None:
+        order = [i for i in self.order if i in self.results] + [i for i in self.results if i not in self.order]
+        lines = "".join(json.dumps(self.results[i], sort_keys=True) + "\n" for i in order)  # manifest order
+        write_text(self.out / "results.jsonl", lines)
+
+    def _error(self, item_id: str, err: BaseException) -> None:
+        self.results[item_id] = {"id": item_id, "status": "error", "error": f"{type(err).__name__}: {err}"}
+
+    # ---- the job ------------------------------------------------------------------------------------------
+    def _prepare(self, item: GenerationItem) -> GenerationItem:
+        """Read the prior and the mask now, so a bad file fails this item alone (IngestError names it)."""
+        image = self.pipe.load_prior(item.image) if item.image is not None else None
+        mask = load_user_mask(item.mask) if item.mask is not None else None
+        return GenerationItem(id=item.id, image=image, prompt=item.prompt, mask=mask, region=item.region)
+
+    def _save(self, item: GenerationItem, src: GenerationItem, results: list[GenerationResult]) -> dict:
+        folder = self.out / item.id
+        folder.mkdir(parents=True, exist_ok=True)
+        samples = []
+        for r in results:
+            suffix = "" if r.sample == 0 else f"-{r.sample}"
+            entry: dict[str, Any] = {"sample": r.sample, "seed": r.seed, "interpretation": r.text}
+            if r.image is not None:
+                write_png(folder / f"counterfactual{suffix}.png", r.image)
+                entry["counterfactual"] = f"counterfactual{suffix}.png"
+            write_text(folder / f"interpretation{suffix}.txt", r.text + "\n")
+            entry["interpretation_file"] = f"interpretation{suffix}.txt"
+            if r.edit_mask is not None:
+                entry["edited_codes"] = int(r.edit_mask.sum())
+            samples.append(entry)
+        first = results[0]
+        files = {}
+        if first.guidance is not None:
+            write_npy(folder / "guidance.npy", first.guidance.astype(np.float32))
+            write_png(folder / "guidance.png", overlay(first.prior, first.guidance))
+            files = {"guidance_png": "guidance.png", "guidance_npy": "guidance.npy"}
+        result = {"id": item.id, "status": "ok", "folder": str(folder), "samples": samples, **files}
+        record = {"status": "ok", "result": result,
+                  "inputs": {"image": str(src.image) if src.image is not None else None, "prompt": src.prompt,
+                             "mask": str(src.mask) if src.mask is not None else None, "region": src.region},
+                  "options": self.opts.to_dict(), "region": first.region,
+                  "seeds": [r.seed for r in results], "timings": first.seconds,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_text(folder / "record.json", json.dumps(record, indent=2, default=str) + "\n")  # last: marks done
+        return result
+
+    def _run_batch(self, batch: list[tuple[GenerationItem, GenerationItem]]) -> None:
+        try:
+            results = self.pipe([it for it, _ in batch], self.opts)
+        except Exception as err:  # noqa: BLE001 - isolate the failing item, keep the others
+            if len(batch) == 1:
+                self._error(batch[0][0].id, err)
+                return
+            for one in batch:
+                self._run_batch([one])
+            return
+        k = self.opts.num_samples
+        for j, (item, src) in enumerate(batch):
+            try:
+                self.results[item.id] = self._save(item, src, results[j * k: (j + 1) * k])
+            except (OSError, ProgEmuError, ValueError) as err:
+                self._error(item.id, err)
+
+    def run(self, manifest: str | Path) -> dict[str, int]:
+        """Process the manifest; returns counts ``{"ok", "error", "skipped"}``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        entries = read_manifest(manifest, self.opts.mode)
+        self.order = [e["id"] if isinstance(e, dict) else e.id for e in entries]
+        counts = {"ok": 0, "error": 0, "skipped": 0}
+        todo: list[GenerationItem] = []
+        for e in entries:
+            if isinstance(e, dict):
+                self.results[e["id"]] = e
+            elif (done := self._finished(e.id)) is not None:
+                self.results[e.id] = done
+                counts["skipped"] += 1
+            else:
+                todo.append(e)
+        bar = tqdm(total=len(todo), unit="item", disable=not self.progress, desc="generate")
+        batch: list[tuple[GenerationItem, GenerationItem]] = []
+        for i, item in enumerate(todo):
+            try:
+                batch.append((self._prepare(item), item))
+            except (ProgEmuError, OSError, ValueError) as err:
+                self._error(item.id, err)
+                bar.update(1)
+            if batch and (len(batch) == self.batch_size or i == len(todo) - 1):
+                self._run_batch(batch)
+                bar.update(len(batch))
+                batch = []
+                self._flush()
+        bar.close()
+        self._flush()
+        for r in self.results.values():
+            if r.get("status") == "error":
+                counts["error"] += 1
+        counts["ok"] = len(self.results) - counts["error"] - counts["skipped"]
+        return counts

@@ -1,0 +1,200 @@
+"""Batched counterfactual decoding: the image grid by construction, then text, with batched CFG and region forcing.
+
+Example::
+
+    gen = CounterfactualGenerator(model, layout)
+    out = gen.generate(prompts, null_prompts=nulls, prior_codes=codes, edit_mask=mask, seeds=[0, 1],
+                       options=DecodeOptions(cfg_image=3.0))
+    out.codes  # (B, h, w); out.text_ids: list of token-id lists
+
+How: every structural token of the image block (``<boi> h*w <img>``, ``<eol>``, ``<eof> <eoi>``) and every
+code outside the edit mask is *appended*, never sampled; a run of such tokens is fed in ONE forward, so
+the cost follows the number of sampled codes. Only codes are sampled inside the grid (logits sliced to
+the code range), so the block is well formed even for an untrained model. With CFG the unconditional
+prompts are extra rows of the same batch (2B rows, one forward per step), not a second serial forward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from progemu.errors import SequenceTooLongError
+from progemu.generation.sampling import SamplingOptions, cfg_combine, make_generators, select_tokens
+from progemu.generation.stream import TokenStream
+from progemu.vocab import VocabLayout
+
+
+@dataclass
+class DecodeOptions:
+    """Decoding knobs; scales of 1.0 switch CFG off for that phase."""
+
+    image: SamplingOptions = field(default_factory=SamplingOptions)
+    text: SamplingOptions = field(default_factory=lambda: SamplingOptions(greedy=True))
+    cfg_image: float = 1.0
+    cfg_text: float = 1.0
+    max_text_tokens: int = 128
+    use_cache: bool = True
+    cache: str = "dynamic"  # "static" preallocates the KV cache (pairs with torch.compile on GPU)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DecodeOutput:
+    codes: torch.Tensor | None  # (B, h, w) generated codes, None when no image was asked for
+    text_ids: list[list[int]]  # per item, without the final eos
+    image_ids: torch.Tensor | None  # (B, image_length) the full image block
+    forwards: int = 0
+    tokens_fed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class CounterfactualGenerator:
+    """Batched constrained decoding for a causal LM whose vocabulary follows ``layout``."""
+
+    def __init__(self, model: torch.nn.Module, layout: VocabLayout, options: DecodeOptions | None = None):
+        self.model = model.eval()
+        self.layout = layout
+        self.options = options or DecodeOptions()
+        lay = layout
+        banned = set(lay.structural_ids) | {lay.pad_id, lay.bos_id}
+        allowed = torch.zeros(lay.vocab_size, dtype=torch.bool)
+        allowed[: lay.text_vocab_size] = True
+        allowed[sorted(banned)] = False
+        self._text_allowed = allowed  # (V,) text the interpretation may use (eos included)
+
+    def _context_limit(self) -> int | None:
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return getattr(cfg, "max_position_embeddings", None)
+
+    def _scores(self, logits: torch.Tensor, who: torch.Tensor, b: int, scale: float, cfg_rows: bool) -> torch.Tensor:
+        """(R, V') logits -> (len(who), V') guided log-probs for the items ``who`` (uncond rows at b + i)."""
+        cond = logits[who]
+        uncond = logits[who + b] if cfg_rows else cond
+        return cfg_combine(cond, uncond, scale if cfg_rows else 1.0)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], *, null_prompts: list[list[int]] | None = None,
+                 prior_codes: torch.Tensor | None = None, edit_mask: torch.Tensor | None = None,
+                 seeds: list[int] | None = None, generate_image: bool = True,
+                 options: DecodeOptions | None = None) -> DecodeOutput:
+        """Decode one image block (unless ``generate_image`` is False) then text for every prompt.
+
+        ``prompts`` end right before the generated ``<boi>``, or after its header ``<boi> h*w <img>`` (as
+        `ProgEmuProcessor.build_generation_prompt` writes them), or before the text when no image is made;
+        ``null_prompts`` are the unconditional prompts for CFG; ``edit_mask`` (B, h, w) is True where
+        codes are sampled, elsewhere ``prior_codes`` (B, h, w) are copied.
+        """
+        opts = options or self.options
+        lay, b = self.layout, len(prompts)
+        seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != b or (null_prompts is not None and len(null_prompts) != b):
+            raise ValueError("prompts, null_prompts and seeds must have one entry per item")
+        start = self._header_in_prompts(prompts, null_prompts) if generate_image else 0
+        img_len = lay.image_length - start if generate_image else 0
+        total = max(map(len, prompts)) + img_len + opts.max_text_tokens
+        limit = self._context_limit()
+        if limit is not None and total > limit:
+            raise SequenceTooLongError(total, limit, "prompt + generated image + text")
+        scale_img = opts.cfg_image if generate_image else 1.0
+        scale_txt = opts.cfg_text if opts.max_text_tokens > 0 else 1.0
+        cfg_rows = null_prompts is not None and (scale_img != 1.0 or scale_txt != 1.0)
+        rows = list(prompts) + (list(null_prompts) if cfg_rows else [])
+        t0 = time.perf_counter()
+        stream = TokenStream(self.model, rows, lay.pad_id, use_cache=opts.use_cache, cache=opts.cache,
+                             max_length=max(map(len, rows)) + img_len + opts.max_text_tokens)
+        device = stream.device
+        gens = make_generators(seeds, device)
+        seconds = {"prefill": time.perf_counter() - t0}
+        reps = 2 if cfg_rows else 1
+        pending: list[torch.Tensor] = []  # (B,) columns appended but not yet fed
+        codes = image_ids = None
+        if generate_image:
+            t1 = time.perf_counter()
+            image_ids = self._image_phase(stream, pending, gens, b, reps, scale_img, prior_codes, edit_mask, opts,
+                                          start)
+            codes = lay.ids_to_codes(image_ids)
+            seconds["image"] = time.perf_counter() - t1
+        text_ids: list[list[int]] = [[] for _ in range(b)]
+        if opts.max_text_tokens > 0:
+            t2 = time.perf_counter()
+            if pending:
+                stream.feed(torch.stack(pending, 1).repeat(reps, 1))
+            if cfg_rows and scale_txt == 1.0:  # the unconditional rows have done their job
+                stream.select_rows(torch.arange(b))
+            text_ids = self._text_phase(stream, gens, b, scale_txt, cfg_rows and stream.rows == 2 * b, opts)
+            seconds["text"] = time.perf_counter() - t2
+        seconds["total"] = time.perf_counter() - t0
+        return DecodeOutput(codes=codes, text_ids=text_ids, image_ids=image_ids, forwards=stream.forwards,
+                            tokens_fed=stream.tokens_fed, seconds=seconds)
+
+    def _header_in_prompts(self, prompts: list[list[int]], null_prompts: list[list[int]] | None) -> int:
+        """How many tokens of the image block the prompts already hold: 0, or the header's length."""
+        n = self.layout.header_length
+        header = self.layout.block_template()[:n].tolist()
+        ends = {list(p[-n:]) == header for p in list(prompts) + list(null_prompts or [])}
+        if len(ends) > 1:
+            raise ValueError("either every prompt (and null prompt) ends with the image header <boi> h*w <img> "
+                             "or none does")
+        return n if ends.pop() else 0
+
+    def _plan(self, b: int, prior_codes: torch.Tensor | None, edit_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, image_length) ids to append, -1 where the item samples a code (on the CPU: it drives the loop)."""
+        lay = self.layout
+        plan = lay.block_template().expand(b, -1).clone()
+        if edit_mask is not None:
+            if prior_codes is None:
+                raise ValueError("an edit mask needs the prior's codes")
+            keep = ~torch.as_tensor(edit_mask, dtype=torch.bool).cpu().reshape(b, -1)  # (B, h*w)
+            prior_ids = lay.codes_to_ids(torch.as_tensor(prior_codes).cpu())  # (B, image_length), validates codes
+            offs = lay.code_offsets().flatten()
+            plan[:, offs] = torch.where(keep, prior_ids[:, offs], torch.full_like(prior_ids[:, offs], -1))
+        return plan
+
+    def _image_phase(self, stream: TokenStream, pending: list[torch.Tensor], gens: list[torch.Generator], b: int,
+                     reps: int, scale: float, prior_codes: torch.Tensor | None, edit_mask: torch.Tensor | None,
+                     opts: DecodeOptions, start: int) -> torch.Tensor:
+        lay = self.layout
+        plan = self._plan(b, prior_codes, edit_mask)  # (B, T) on CPU
+        header, plan = plan[:, :start], plan[:, start:]  # a header already in the prompt is not appended again
+        samplers = (plan < 0).any(0).tolist()  # (T,) does anyone sample here
+        chosen = plan.to(stream.device)  # (B, T)
+        lo, hi = lay.image_token_offset, lay.vocab_size
+        for t, anyone in enumerate(samplers):
+            if anyone:
+                if pending:  # one forward for the whole run of appended tokens
+                    stream.feed(torch.stack(pending, 1).repeat(reps, 1))
+                    pending.clear()
+                who_cpu = (plan[:, t] < 0).nonzero().flatten()
+                who = who_cpu.to(stream.device)
+                scores = self._scores(stream.logits[:, lo:hi], who, b, scale, reps == 2)  # (n, K) codes only
+                tok = select_tokens(scores, opts.image, [gens[i] for i in who_cpu.tolist()])
+                chosen[who, t] = tok + lo
+            pending.append(chosen[:, t])
+        return torch.cat([header.to(stream.device), chosen], 1)  # (B, image_length)
+
+    def _text_phase(self, stream: TokenStream, gens: list[torch.Generator], b: int, scale: float,
+                    cfg_rows: bool, opts: DecodeOptions) -> list[list[int]]:
+        lay = self.layout
+        allowed = torch.zeros(stream.logits.shape[-1], dtype=torch.bool, device=stream.device)
+        allowed[: self._text_allowed.numel()] = self._text_allowed.to(stream.device)  # logits may be padded wider
+        who = torch.arange(b, device=stream.device)
+        done = torch.zeros(b, dtype=torch.bool, device=stream.device)
+        out = []
+        for step in range(opts.max_text_tokens):
+            scores = self._scores(stream.logits, who, b, scale, cfg_rows)  # (B, V)
+            scores[:, ~allowed] = float("-inf")  # after CFG: -inf - -inf would be nan
+            tok = select_tokens(scores, opts.text, gens)
+            tok = torch.where(done, torch.full_like(tok, lay.eos_id), tok)
+            out.append(tok)
+            done |= tok == lay.eos_id
+            if step == opts.max_text_tokens - 1 or bool(done.all()):
+                break
+            stream.feed(tok[:, None].repeat(stream.rows // b, 1))
+        table = torch.stack(out, 1).tolist() if out else [[] for _ in range(b)]
+        return [row[: row.index(lay.eos_id)] if lay.eos_id in row else row for row in table]

@@ -1,0 +1,103 @@
+"""Guidance maps: where, by the model's own account, the prompt asks the prior image to change.
+
+One teacher-forced pass feeds ``prompt + IMG(prior)`` and reads, at every code position, the model's
+next-token distribution over codes. Two relevance measures (InstructX2X's R, made autoregressive):
+
+- ``"kl"`` (default): KL(p(. | prompt) || p(. | reference prompt)), where the reference is the same prior
+  with an empty prompt, so only the prompt's effect is measured;
+- ``"nll"``: 1 - p(prior code | prompt), how strongly the model wants to leave the prior code.
+
+Each map is scaled to [0, 1] per item (divided by its maximum), upsampled to the image size, saved as a
+float array and as a red overlay on the prior. Multiplied by an anatomical prior and thresholded at
+``tau`` it gives the automatic edit mask (``tau = 0``: unrestricted).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from progemu.generation.stream import _forward_kwargs, left_pad
+from progemu.vocab import VocabLayout
+
+METHODS = ("kl", "nll")
+PEAK_FLOOR = 1e-3  # nats for "kl", probability for "nll"
+
+
+@torch.inference_mode()
+def _code_logits(model: torch.nn.Module, layout: VocabLayout, rows: list[list[int]]) -> torch.Tensor:
+    """Rows ending with an image block -> (R, h*w, K) logits over codes predicting each code of that block."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(rows, layout.pad_id, device)  # (R, L)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = layout.image_length + 1
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+    if _forward_kwargs(model)[1]:
+        kwargs["logits_to_keep"] = keep
+    logits = model(**kwargs).logits[:, -keep:]  # (R, image_length + 1, V): index o predicts block offset o
+    offs = layout.code_offsets().flatten().to(device)
+    lo = layout.image_token_offset
+    return logits[:, offs, lo: lo + layout.codebook_size].float()
+
+
+def relevance_grid(model: torch.nn.Module, layout: VocabLayout, prompts: list[list[int]],
+                   prior_codes: torch.Tensor, reference_prompts: list[list[int]] | None = None,
+                   method: str = "kl", micro_batch: int = 4) -> torch.Tensor:
+    """(B, h, w) relevance in [0, 1] of each code position for each item's prompt.
+
+    ``prompts`` end right before the generated image; the prior's block is appended teacher-forced.
+    ``reference_prompts`` (needed by ``"kl"``) are the same prompts with the instruction text removed.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown guidance method {method!r}; choose one of {METHODS}")
+    if method == "kl" and reference_prompts is None:
+        raise ValueError("the 'kl' guidance needs reference prompts (the prompt without its text)")
+    prior_codes = torch.as_tensor(prior_codes)
+    b, h, w = prior_codes.shape
+    blocks = layout.codes_to_ids(prior_codes.cpu()).tolist()  # (B, image_length)
+    out = []
+    for s in range(0, b, micro_batch):  # micro-batches bound the (rows, positions, codebook) logits tensor
+        idx = range(s, min(b, s + micro_batch))
+        rows = [prompts[i] + blocks[i] for i in idx]
+        if method == "kl":
+            rows += [reference_prompts[i] + blocks[i] for i in idx]
+        logits = _code_logits(model, layout, rows)  # (R, h*w, K)
+        n = len(idx)
+        logp = torch.log_softmax(logits[:n], -1)
+        if method == "kl":
+            logq = torch.log_softmax(logits[n:], -1)
+            rel = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0)  # (n, h*w)
+        else:
+            codes = prior_codes[list(idx)].reshape(n, -1, 1).to(logp.device).long()
+            rel = 1 - logp.gather(-1, codes).squeeze(-1).exp()
+        out.append(rel.cpu())
+    rel = torch.cat(out).reshape(b, h, w)
+    # scale to [0, 1] by the item's peak; the floor keeps a prompt with no effect at ~0 instead of amplified noise
+    peak = rel.flatten(1).amax(1).clamp(min=PEAK_FLOOR)[:, None, None]
+    return (rel / peak).clamp(0, 1)
+
+
+def upsample(grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) map -> float32 (H, W) in [0, 1], bilinear (each code covers a patch of pixels)."""
+    g = torch.as_tensor(grid, dtype=torch.float32)[None, None]
+    return F.interpolate(g, size=size, mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+
+
+def overlay(prior: np.ndarray, guidance: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """Grayscale prior (H, W) in [0, 1] and guidance (H, W) in [0, 1] -> uint8 (H, W, 3) red overlay."""
+    gray = np.repeat(np.clip(prior, 0, 1)[..., None], 3, axis=-1)
+    red = np.zeros_like(gray)
+    red[..., 0] = 1.0
+    a = alpha * np.clip(guidance, 0, 1)[..., None]
+    return np.round(255 * ((1 - a) * gray + a * red)).astype(np.uint8)
+
+
+def auto_edit_mask(guidance_grid: torch.Tensor, tau: float, anatomy_grid: torch.Tensor | None = None) -> torch.Tensor:
+    """Edit mask (h, w) bool: G = guidance x anatomy >= tau; ``tau = 0`` edits everywhere (InstructX2X)."""
+    g = torch.as_tensor(guidance_grid, dtype=torch.float32)
+    if anatomy_grid is not None:
+        g = g * torch.as_tensor(anatomy_grid, dtype=torch.float32)
+    if tau <= 0:
+        return torch.ones_like(g, dtype=torch.bool)
+    return g >= tau

@@ -1,0 +1,157 @@
+"""Edit masks over the token grid (InstructX2X's region-specific editing, made autoregressive).
+
+True = the code is sampled, False = the prior's code is copied. Sources:
+
+- ``mask``: a user PNG of any size (nonzero = editable), resized to the grid;
+- ``anatomy``: the anatomical prior of the finding named in the prompt (SynthCXR's anatomy, joined with the
+  NIH ChestX-ray14 boxes shipped in the torchxrayvision wheel when that package is importable);
+- ``auto``: guidance map x anatomical prior >= tau (see ``guidance.auto_edit_mask``);
+- ``none``: the whole grid.
+
+A cell is editable when any part of it is (``min_coverage=0``): a local change in pixels touches every code
+whose patch it overlaps. ``dilate`` widens a mask by whole cells, because the tokenizer's receptive field
+spreads a local edit over neighbouring codes (NOTES.md: one finding changed ~20 of 64 codes).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from progemu.errors import IngestError
+
+REGION_SOURCES: tuple[str, ...] = ("none", "mask", "anatomy", "auto")
+
+# NIH ChestX-ray14 box labels standing in for each SynthCXR finding (the wheel has boxes for 8 findings).
+NIH_LABELS: dict[str, tuple[str, ...]] = {
+    "pleural_effusion": ("Effusion",), "cardiomegaly": ("Cardiomegaly",), "atelectasis": ("Atelectasis",),
+    "pneumothorax": ("Pneumothorax",), "nodule": ("Nodule", "Mass"), "consolidation": ("Pneumonia", "Infiltrate"),
+    "edema": ("Infiltrate",),
+}
+
+
+def load_user_mask(path: str | Path) -> np.ndarray:
+    """A mask image of any size -> bool (H, W), True where a pixel is set; IngestError if it is not a mask."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGB", "RGBA", "RGBX", "P", "PA"):
+                rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+                if np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 1] != rgb[..., 2]):
+                    raise IngestError(path, "mask is a colour image; expected a single-channel (binary) mask")
+                arr = rgb[..., 0].astype(np.float32)
+            elif im.mode in ("LA", "La"):
+                arr = np.asarray(im.getchannel("L"), dtype=np.float32)
+            else:
+                arr = np.asarray(im.convert("F") if im.mode not in ("1", "L") else im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as err:
+        raise IngestError(path, f"cannot read the mask image ({err})") from err
+    if arr.ndim != 2 or arr.size == 0:
+        raise IngestError(path, f"mask has shape {arr.shape}; expected a 2-D image")
+    mask = arr > 0
+    if not mask.any():
+        raise IngestError(path, "mask is empty (no pixel set), so nothing could be edited")
+    return mask
+
+
+def coverage_grid(arr: np.ndarray | torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(H, W) mask or map -> (h, w) float: the mean over each cell's pixels (any H, W: area interpolation)."""
+    t = torch.as_tensor(np.asarray(arr, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(grid_h, grid_w), mode="area")[0, 0]
+
+
+def to_grid(arr: np.ndarray | torch.Tensor, grid_h: int, grid_w: int, min_coverage: float = 0.0) -> torch.Tensor:
+    """(H, W) mask -> (h, w) bool: cells whose covered fraction exceeds ``min_coverage``."""
+    return coverage_grid(arr, grid_h, grid_w) > min_coverage
+
+
+def dilate(mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """Grow a (..., h, w) bool mask by ``cells`` cells in every direction (a square structuring element)."""
+    if cells <= 0:
+        return mask.bool()
+    lead = mask.shape[:-2]
+    m = mask.float().reshape(-1, 1, *mask.shape[-2:])
+    m = F.max_pool2d(m, kernel_size=2 * cells + 1, stride=1, padding=cells)
+    return m.reshape(*lead, *mask.shape[-2:]) > 0
+
+
+def parse_finding(text: str) -> tuple[str, str | None] | None:
+    """The first SynthCXR finding named in ``text`` and its side ("left"/"right"/None), or None."""
+    from progemu.synth.vocabulary import FINDINGS
+
+    low = text.lower()
+    best: tuple[int, str] | None = None
+    for key, spec in FINDINGS.items():
+        for syn in (spec.name, key.replace("_", " "), *spec.synonyms):
+            m = re.search(rf"\b{re.escape(syn)}(e?s)?\b", low)  # plurals: "effusions"
+            if m and (best is None or m.start() < best[0]):
+                best = (m.start(), key)
+    if best is None:
+        return None
+    key = best[1]
+    sides = [s for s in ("left", "right") if re.search(rf"\b{s}\b", low)]
+    side = sides[0] if FINDINGS[key].lateral and len(sides) == 1 else None  # "bilateral"/both sides -> None
+    return key, side
+
+
+@lru_cache(maxsize=1)
+def _nih_boxes() -> list[tuple[str, float, float, float, float]] | None:
+    """(label, x0, y0, x1, y1) boxes in [0, 1] from torchxrayvision's bundled BBox_List_2017.csv.gz, if installed."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = list(Path(next(iter(spec.submodule_search_locations))).rglob("BBox_List_2017.csv.gz"))
+    return read_nih_boxes(found[0]) if found else None
+
+
+def read_nih_boxes(path: str | Path, image_size: float = 1024.0) -> list[tuple[str, float, float, float, float]]:
+    """Parse the NIH box list (``Image Index, Finding Label, Bbox [x, y, w, h]``) into normalised boxes."""
+    boxes = []
+    with gzip.open(path, "rt") as fh:
+        next(fh)  # header
+        for line in fh:
+            parts = line.strip().split(",")
+            if len(parts) < 6:
+                continue
+            x, y, w, h = (float(v) / image_size for v in parts[2:6])
+            boxes.append((parts[1], x, y, x + w, y + h))
+    return boxes
+
+
+def nih_prior(finding: str, size: int, laterality: str | None = None,
+              boxes: list[tuple[str, float, float, float, float]] | None = None) -> np.ndarray | None:
+    """Union of the NIH boxes of a finding as a float (size, size) mask, or None without the data."""
+    boxes = _nih_boxes() if boxes is None else boxes
+    labels = NIH_LABELS.get(finding, ())
+    if not boxes or not labels:
+        return None
+    out = np.zeros((size, size), dtype=np.float32)
+    for label, x0, y0, x1, y1 in boxes:
+        cx = (x0 + x1) / 2
+        # PA view: the patient's left is the image's right half
+        if label not in labels or (laterality == "left" and cx < 0.5) or (laterality == "right" and cx >= 0.5):
+            continue
+        out[int(y0 * size): max(int(y0 * size) + 1, int(np.ceil(y1 * size))),
+            int(x0 * size): max(int(x0 * size) + 1, int(np.ceil(x1 * size)))] = 1.0
+    return out if out.any() else None
+
+
+def anatomy_map(finding: str, size: int, laterality: str | None = None, use_nih: bool = True) -> np.ndarray:
+    """Float (size, size) in [0, 1]: where ``finding`` may appear (SynthCXR anatomy, joined with NIH boxes)."""
+    from progemu.synth import anatomical_prior
+
+    prior = np.asarray(anatomical_prior(finding, size, laterality), dtype=np.float32)
+    if use_nih:
+        nih = nih_prior(finding, size, laterality)
+        if nih is not None:
+            prior = np.maximum(prior, nih)
+    return np.clip(prior, 0, 1)

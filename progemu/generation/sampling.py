@@ -1,0 +1,76 @@
+"""Next-token selection: greedy, or temperature / top-k / top-p sampling with one ``torch.Generator`` per item.
+
+Each item draws its random numbers from its own generator, and only when it actually samples, so an item's
+output depends on its own seed and logits, never on the items that share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+@dataclass
+class SamplingOptions:
+    """How one phase (image codes or text) picks its tokens. ``greedy`` or temperature 0 means argmax."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"invalid sampling options {self}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:
+    """One generator per item, seeded independently."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def _warpers(opts: SamplingOptions) -> LogitsProcessorList:
+    # transformers' warpers, so the filters behave exactly as in `generate()`
+    procs = LogitsProcessorList()
+    if opts.temperature not in (0.0, 1.0):
+        procs.append(TemperatureLogitsWarper(opts.temperature))
+    if opts.top_k > 0:
+        procs.append(TopKLogitsWarper(opts.top_k))
+    if opts.top_p < 1.0:
+        procs.append(TopPLogitsWarper(opts.top_p))
+    return procs
+
+
+def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[torch.Generator]) -> torch.Tensor:
+    """(N, V) scores (logits or log-probs; -inf = forbidden) -> (N,) chosen indices; row i uses ``generators[i]``."""
+    if opts.is_greedy:
+        return scores.argmax(-1)
+    scores = _warpers(opts)(None, scores.float())
+    probs = torch.softmax(scores, dim=-1)  # (N, V)
+    out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+    for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
+        out[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
+    return out
+
+
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on log-probabilities, as transformers' CFG processors: u + s * (c - u)."""
+    lc = torch.log_softmax(cond.float(), dim=-1)
+    if scale == 1.0:
+        return lc
+    lu = torch.log_softmax(uncond.float(), dim=-1)
+    return lu + scale * (lc - lu)

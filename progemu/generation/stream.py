@@ -1,0 +1,101 @@
+"""A batch of left-padded token rows being extended together, with or without a KV cache.
+
+Why a class of its own: the decoder, the guidance pass and the tests all need the same bookkeeping of
+attention masks (0 on left padding), position ids (counting only real tokens, so padding never shifts
+RoPE) and the cache, and the two cache modes must give the same logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+
+def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
+    """The cache keyword of this model's forward (``cache`` in transformers >= 5.x, else ``past_key_values``)."""
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids -> (R, L) ids left-padded with ``pad_id`` and the (R, L) attention mask."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, length - len(r):] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, length - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+class TokenStream:
+    """Rows fed to a causal LM step by step; ``feed`` returns the logits that predict the next column."""
+
+    def __init__(self, model: torch.nn.Module, rows: list[list[int]], pad_id: int, *, use_cache: bool = True,
+                 cache: str = "dynamic", max_length: int | None = None):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.use_cache = use_cache
+        self.cache_kw, self.has_keep = _forward_kwargs(model)
+        self.ids, self.mask = left_pad(rows, pad_id, self.device)  # (R, L)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): real tokens count from 0
+        self.last_pos = self.positions[:, -1].clone()  # (R,)
+        self.forwards = 0
+        self.tokens_fed = 0
+        self.cache = None
+        if use_cache:
+            if cache == "static":
+                if max_length is None:
+                    raise ValueError("a static cache needs max_length")
+                self.cache = StaticCache(config=model.config, max_cache_len=max_length)
+            elif cache == "dynamic":
+                self.cache = DynamicCache()
+            else:
+                raise ValueError(f"unknown cache kind {cache!r} (dynamic or static)")
+        self.logits = self._run(self.ids, self.positions)  # (R, V) after the prompt
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @torch.inference_mode()
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        kwargs = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, "use_cache": self.use_cache}
+        if self.use_cache:
+            kwargs[self.cache_kw] = self.cache
+        if self.has_keep:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(**kwargs)
+        self.forwards += 1
+        self.tokens_fed += int(ids.numel())
+        logits = out.logits[:, -keep:]  # (R, keep, V)
+        return logits[:, -1] if keep == 1 else logits
+
+    def feed(self, cols: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Append (R, k) ids in one forward; return (R, V) logits after the last one (or (R, keep, V))."""
+        cols = cols.to(self.device)
+        k = cols.shape[1]
+        new_pos = self.last_pos[:, None] + 1 + torch.arange(k, device=self.device)  # (R, k)
+        self.ids = torch.cat([self.ids, cols], 1)
+        self.mask = torch.cat([self.mask, torch.ones_like(cols)], 1)
+        self.positions = torch.cat([self.positions, new_pos], 1)
+        self.last_pos = new_pos[:, -1]
+        if self.use_cache:
+            self.logits = self._run(cols, new_pos, keep)
+        else:  # no cache: the whole history again (the reference the cached path must match)
+            self.logits = self._run(self.ids, self.positions, keep)
+        return self.logits
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep only the rows in ``index`` (e.g. drop the CFG branch once no phase needs it)."""
+        index = index.to(self.device)
+        if self.cache is not None:
+            if not isinstance(self.cache, DynamicCache):
+                return  # static caches keep a fixed batch; the extra rows just keep running
+            self.cache.batch_select_indices(index)
+        self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
+        self.last_pos, self.logits = self.last_pos[index], self.logits[index]

@@ -1,0 +1,92 @@
+"""Edit masks and guidance maps: resizing, dilation, errors that name the file, map shape and range."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from progemu.errors import IngestError
+from progemu.generation.guidance import auto_edit_mask, overlay, relevance_grid, upsample
+from progemu.generation.region import dilate, load_user_mask, nih_prior, parse_finding, read_nih_boxes, to_grid
+from tests._gen_helpers import prompt_for, tiny_layout, tiny_model
+
+
+def test_user_mask_any_size_to_grid(tmp_path):
+    arr = np.zeros((90, 130), np.uint8)
+    arr[:, :40] = 255  # left ~31% of the width
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    grid = to_grid(load_user_mask(tmp_path / "m.png"), 4, 4)
+    assert grid.shape == (4, 4) and grid.dtype == torch.bool
+    assert grid[:, :2].all() and not grid[:, 2:].any()  # a cell touched at all is editable
+
+
+@pytest.mark.parametrize("kind", ["colour", "empty", "garbage"])
+def test_bad_masks_name_the_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.png"
+    if kind == "colour":
+        rgb = np.zeros((8, 8, 3), np.uint8)
+        rgb[..., 0] = 200
+        Image.fromarray(rgb).save(path)
+    elif kind == "empty":
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+    else:
+        path.write_bytes(b"not an image")
+    with pytest.raises(IngestError) as err:
+        load_user_mask(path)
+    assert str(path) in str(err.value)
+
+
+def test_dilate_grows_by_whole_cells():
+    m = torch.zeros(2, 5, 5, dtype=torch.bool)
+    m[0, 2, 2] = True
+    d = dilate(m, 1)
+    assert int(d[0].sum()) == 9 and not d[1].any() and d[0, 1:4, 1:4].all()
+    assert torch.equal(dilate(m, 0), m)
+
+
+def test_parse_finding_and_side():
+    assert parse_finding("Moderate left pleural effusion has developed.") == ("pleural_effusion", "left")
+    assert parse_finding("Add the finding of cardiomegaly") == ("cardiomegaly", None)
+    assert parse_finding("Bilateral pleural effusions, right and left.")[1] is None
+    assert parse_finding("no change") is None
+
+
+def test_nih_boxes_union_and_side(tmp_path):
+    path = tmp_path / "BBox_List_2017.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
+        fh.write("a.png,Effusion,100,600,200,300\n")  # image left = patient's right
+        fh.write("b.png,Effusion,700,600,200,300\n")
+        fh.write("c.png,Cardiomegaly,300,400,400,300\n")
+    boxes = read_nih_boxes(path)
+    both = nih_prior("pleural_effusion", 64, None, boxes)
+    left = nih_prior("pleural_effusion", 64, "left", boxes)
+    assert both.shape == (64, 64) and both.max() == 1.0
+    assert left[:, 32:].any() and not left[:, :32].any()
+    assert nih_prior("pneumothorax", 64, None, boxes) is None
+
+
+@pytest.mark.parametrize("method", ["kl", "nll"])
+def test_guidance_shape_and_range(method):
+    layout = tiny_layout()
+    model = tiny_model(layout)
+    codes = torch.randint(0, layout.codebook_size, (2, layout.grid_h, layout.grid_w))
+    prompts = [prompt_for(layout, codes[i], [30, 31, 32][: i + 2]) for i in range(2)]
+    refs = [prompt_for(layout, codes[i], []) for i in range(2)]
+    rel = relevance_grid(model, layout, prompts, codes, refs, method=method)
+    assert rel.shape == (2, layout.grid_h, layout.grid_w)
+    assert float(rel.min()) >= 0 and torch.allclose(rel.flatten(1).amax(1), torch.ones(2))
+    if method == "kl":  # the reference prompt against itself: no relevance anywhere
+        same = relevance_grid(model, layout, refs, codes, refs, method="kl")
+        assert float(same.max()) < 1e-2  # not amplified noise
+    big = upsample(rel[0], (37, 53))
+    assert big.shape == (37, 53) and big.dtype == np.float32 and 0 <= big.min() and big.max() <= 1
+    rgb = overlay(np.full((37, 53), 0.5, np.float32), big)
+    assert rgb.shape == (37, 53, 3) and rgb.dtype == np.uint8
+    assert (rgb[..., 0] >= rgb[..., 1]).all()  # red overlay
+    assert auto_edit_mask(rel[0], 0.0).all()  # tau = 0: unrestricted
+    m = auto_edit_mask(rel[0], 0.5, anatomy_grid=torch.zeros(layout.grid_h, layout.grid_w))
+    assert not m.any()
+    assert auto_edit_mask(rel[0], 1.0).sum() >= 1  # the peak itself passes

@@ -1,0 +1,113 @@
+"""Evaluation of a VQ tokenizer: PSNR / SSIM, codebook usage, locality of codes, contact sheet.
+
+Run: ``python -m tokenizer.vq_eval --model runs/vq-tiny --data synth --size 128 --n 256 --sheet runs/vq-tiny/sheet.png``
+(prints a JSON line; ``--data`` is "synth", "procedural" or a data-set folder read through its validation split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from tokenizer.vq_losses import CodeUsage
+
+
+@torch.no_grad()
+def reconstruct(model, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S) in [0, 1] -> reconstructions (N, S, S) in [0, 1] and codes (N, h, w)."""
+    device = next(model.parameters()).device
+    recs, codes = [], []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size])[:, None].to(device) * 2 - 1  # (B, 1, S, S)
+        c = model.encode(x)
+        recs.append(((model.decode(c).float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
+        codes.append(c.cpu().numpy())
+    return np.concatenate(recs), np.concatenate(codes)
+
+
+def evaluate(model, images: np.ndarray, batch_size: int = 32) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM over images in [0, 1] (data range 1), share of codes used and perplexity."""
+    recs, codes = reconstruct(model, images, batch_size)
+    psnr = [peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(images, recs)]
+    ssim = [structural_similarity(a, b, data_range=1.0) for a, b in zip(images, recs)]
+    usage = CodeUsage(model.codebook_size)
+    usage.update(torch.from_numpy(codes))
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), **usage.stats(), "n_images": len(images)}
+
+
+@torch.no_grad()
+def locality(model, images: np.ndarray, sigma_px: float = 3.0, seed: int = 0) -> dict[str, float]:
+    """Add one small Gaussian opacity (sigma ``sigma_px``) per image; count the codes that change.
+
+    ``cells_touched``: grid cells where the edit exceeds 1% of its peak (what a perfectly local tokenizer changes);
+    ``reach``: the largest distance, in cells (Chebyshev), from the edit's cell to a changed code.
+    """
+    rng = np.random.default_rng(seed)
+    s = images.shape[-1]
+    f = model.downsample_factor
+    yy, xx = np.mgrid[0:s, 0:s]
+    edited, touched, centres = [], [], []
+    for img in images:
+        cy, cx = rng.uniform(0.3, 0.7, size=2) * s
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma_px**2)).astype(np.float32)
+        edited.append(np.clip(img + 0.25 * blob, 0, 1))
+        touched.append(int((blob.reshape(s // f, f, s // f, f).max(axis=(1, 3)) > 0.01).sum()))
+        centres.append((int(cy) // f, int(cx) // f))
+    _, c0 = reconstruct(model, images)
+    _, c1 = reconstruct(model, np.stack(edited))
+    changed = c0 != c1  # (N, h, w)
+    reach = []
+    for ch, (gy, gx) in zip(changed, centres):
+        ys, xs = np.nonzero(ch)
+        reach.append(int(np.max(np.maximum(np.abs(ys - gy), np.abs(xs - gx)))) if len(ys) else 0)
+    return {"codes_changed": float(changed.sum(axis=(1, 2)).mean()), "cells_touched": float(np.mean(touched)),
+            "reach_cells": float(np.mean(reach)), "grid_cells": int(changed[0].size), "blob_sigma_px": sigma_px}
+
+
+def contact_sheet(originals: np.ndarray, recons: np.ndarray, path: str | Path, n: int = 8) -> Path:
+    """Rows: originals, reconstructions, |difference| x4; n columns. Written as an 8-bit PNG."""
+    n = min(n, len(originals))
+    rows = [np.concatenate(list(a[:n]), axis=1) for a in (originals, recons, np.clip(4 * np.abs(originals - recons), 0, 1))]
+    sheet = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    return path
+
+
+def load_images(data: str, size: int, n: int, seed: int = 0, fmt: str = "icg-cxr") -> np.ndarray:
+    """n validation images (N, S, S) in [0, 1]: a disjoint SynthCXR seed, or a folder's "validate" split."""
+    from tokenizer.vq_data import make_source
+
+    src = make_source(data, size, seed, fmt, split="validate")
+    return np.stack([src[i] for i in range(min(n, len(src)))])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", default="synth")
+    ap.add_argument("--format", default="icg-cxr")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
+    args = ap.parse_args(argv)
+    from progemu.modeling_vq import ProgEmuVQModel
+
+    model = ProgEmuVQModel.from_pretrained(args.model).eval()
+    images = load_images(args.data, args.size, args.n, fmt=args.format)
+    result = {**evaluate(model, images), **locality(model, images[:64])}
+    if args.sheet:
+        recs, _ = reconstruct(model, images[:8])
+        contact_sheet(images[:8], recs, args.sheet)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pretraining and fine-tuning under DeepSpeed ZeRO (see train/README.md)."""

@@ -1,0 +1,159 @@
+"""ZeRO (or plain) training checkpoint -> one Hugging Face folder: model, processor, VQ tokenizer, model card.
+
+    python -m train.consolidate runs/pretrain-tiny/checkpoint-200 runs/pretrain-tiny/final [--dtype bf16]
+
+The weights are the fp32 master weights gathered from every rank's ZeRO-1/2/3 partition (DeepSpeed's
+``zero_to_fp32``), so nothing of bf16 training is rounded away unless ``--dtype`` asks for it. The folder loads
+with ``AutoModelForCausalLM.from_pretrained`` / ``AutoProcessor.from_pretrained`` after ``import progemu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from progemu.errors import ProgEmuError
+
+# files of a checkpoint that belong to the run, not to the model folder
+RUN_FILES = {"trainer_state.json", "training_args.bin", "scheduler.pt", "optimizer.pt", "latest", "zero_to_fp32.py",
+             "zero_to_torch.py", "config.json", "generation_config.json", "README.md"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def is_zero_checkpoint(ckpt: Path) -> bool:
+    return (ckpt / "latest").is_file() or any(ckpt.glob("global_step*"))
+
+
+def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of a ZeRO checkpoint, or the safetensors weights of a plain one."""
+    if is_zero_checkpoint(ckpt):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for f in files for k, v in load_file(ckpt / f).items()}
+    if (ckpt / "model.safetensors").is_file():
+        return load_file(ckpt / "model.safetensors")
+    raise ProgEmuError(f"{ckpt}: neither a ZeRO checkpoint (latest, global_step*/) nor safetensors weights")
+
+
+def read_run_info(ckpt: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    for cand in (ckpt / "run_config.json", ckpt.parent / "run_config.json"):
+        if cand.is_file():
+            info["run"] = json.loads(cand.read_text())
+            break
+    state = ckpt / "trainer_state.json"
+    if state.is_file():
+        hist = json.loads(state.read_text()).get("log_history", [])
+        info["global_step"] = json.loads(state.read_text()).get("global_step")
+        last = [h for h in hist if "loss" in h]
+        if last:
+            info["final_log"] = {k: last[-1][k] for k in ("step", "loss", "image_loss", "text_loss", "learning_rate")
+                                 if k in last[-1]}
+    return info
+
+
+def model_card(config: Any, n_params: int, info: dict[str, Any]) -> str:
+    run = info.get("run", {})
+    data, model = run.get("data", {}), run.get("model", {})
+    final = info.get("final_log", {})
+    text_cfg = getattr(config, "text_config", config)
+    lines = [
+        "---", "library_name: transformers", "tags: [progemu, chest-x-ray, counterfactual, autoregressive]",
+        "license: apache-2.0", "---", "",
+        f"# {run.get('stage', 'ProgEmu')} checkpoint ({config.model_type})", "",
+        "A decoder-only transformer that reads and writes interleaved text and VQ image tokens "
+        "(progemu). Load with `import progemu` then `AutoModelForCausalLM.from_pretrained` and "
+        "`AutoProcessor.from_pretrained` on this folder.", "",
+        "## Configuration",
+        f"- parameters: {n_params / 1e6:.2f} M; layers {getattr(text_cfg, 'num_hidden_layers', '?')}, "
+        f"hidden {getattr(text_cfg, 'hidden_size', '?')}, vocabulary {getattr(text_cfg, 'vocab_size', '?')}",
+        f"- model preset / initialisation: {model.get('model_preset', '?')} / {model.get('init_from') or 'random'}",
+        "", "## Data",
+        f"- code shards: `{data.get('shards', '?')}` (split `{data.get('train_split', 'train')}`), "
+        f"tasks {data.get('tasks', '?')}, loss mask `{data.get('loss_mask', '?')}`, packing `{data.get('packing', '?')}`",
+        "", "## Training",
+        f"- steps: {info.get('global_step', '?')}; last logged losses: "
+        + (", ".join(f"{k} {v}" for k, v in final.items() if k != "step") or "n/a"),
+        "", "## Limits",
+        "Research code. Trained on whatever data the run was given (by default SynthCXR, a synthetic data set): "
+        "not a medical device, not validated for clinical use.", "",
+    ]
+    return "\n".join(lines)
+
+
+def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
+                processor_dir: str | Path | None = None) -> Path:
+    """Write the HF folder ``out_dir`` from ``ckpt_dir`` (atomically: built beside it, then renamed)."""
+    import progemu  # noqa: F401  (registers the Auto classes)
+
+    ckpt, out = Path(ckpt_dir), Path(out_dir)
+    if not (ckpt / "config.json").is_file():
+        raise ProgEmuError(f"{ckpt}: no config.json; not a training checkpoint folder")
+    config = AutoConfig.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = load_weights(ckpt)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not (k.endswith("lm_head.weight") and config_ties(model))]
+    if missing or unexpected:
+        raise ProgEmuError(f"{ckpt}: weights do not match the config (missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    src = Path(processor_dir) if processor_dir else ckpt
+    for item in src.iterdir():  # processor, text tokenizer and vq/ folder saved by the Trainer
+        if item.name in RUN_FILES or item.name.startswith(("rng_state", "global_step", "checkpoint-")):
+            continue
+        if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(item, tmp / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, tmp / item.name)
+    n_params = sum(p.numel() for p in model.parameters())
+    (tmp / "README.md").write_text(model_card(config, n_params, read_run_info(ckpt)))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def config_ties(model: torch.nn.Module) -> bool:
+    cfg = model.config
+    return bool(getattr(cfg, "tie_word_embeddings", False) or getattr(getattr(cfg, "text_config", None),
+                                                                       "tie_word_embeddings", False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("ckpt_dir", help="a checkpoint-N folder (ZeRO or plain) or a run folder (its last checkpoint)")
+    ap.add_argument("out_dir")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--processor", help="take the processor files from this folder instead of the checkpoint")
+    a = ap.parse_args(argv)
+    ckpt = Path(a.ckpt_dir)
+    if not (ckpt / "config.json").is_file():
+        from train.engine import last_checkpoint
+
+        found = last_checkpoint(ckpt)
+        if found is None:
+            raise SystemExit(f"{ckpt}: no config.json and no checkpoint-N folder inside")
+        ckpt = Path(found)
+    print(consolidate(ckpt, a.out_dir, a.dtype, a.processor))
+
+
+if __name__ == "__main__":
+    main()

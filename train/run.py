@@ -1,0 +1,163 @@
+"""One training stage from its run config: processor, data, model, Trainer, train, save, consolidate.
+
+``train/pretrain.py`` and ``train/finetune.py`` call `run_stage` with their default preset; everything that
+differs between the stages (tasks, data, initial weights, schedule) is in the YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from progemu.errors import ProgEmuError
+from train.config import DataArgs, ModelArgs, parse_config
+from train.data import Collator, build_dataset, load_split, processor_builder
+from train.engine import attn_implementation, last_checkpoint, make_trainer, plot_loss_curve, write_json
+
+log = logging.getLogger("progemu.train")
+
+
+def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any:
+    """The run's processor: given folder, else the init_from folder's, else text tokenizer + VQ + shard grid."""
+    from progemu.processing_progemu import ProgEmuProcessor
+
+    for src in (data_args.processor, model_args.init_from):
+        if src and (Path(src) / "processor_config.json").is_file():
+            proc = ProgEmuProcessor.from_pretrained(src)
+            break
+    else:
+        from transformers import AutoTokenizer
+
+        from progemu.modeling_vq import ProgEmuVQModel
+
+        for need in (data_args.text_tokenizer, data_args.vq):
+            if not Path(need).is_dir():
+                raise ProgEmuError(f"{need}: missing (text tokenizer / VQ folder); `make pretrain` builds them")
+        tok = AutoTokenizer.from_pretrained(data_args.text_tokenizer)
+        vq = ProgEmuVQModel.from_pretrained(data_args.vq).eval()
+        row = rows[0]
+        proc = ProgEmuProcessor(tok, codebook_size=vq.config.codebook_size, grid_h=int(row["grid_h"]),
+                                grid_w=int(row["grid_w"]), vq_model=vq)
+    proc.mask_mode = data_args.loss_mask
+    proc.image_loss_weight, proc.text_loss_weight = data_args.image_loss_weight, data_args.text_loss_weight
+    return proc
+
+
+def build_model(model_args: ModelArgs, processor: Any, max_length: int) -> torch.nn.Module:
+    """From scratch (preset), from a ProgEmu folder or checkpoint, or from a Llama text LLM folder."""
+    from transformers import AutoConfig
+
+    from progemu.modeling_progemu import ProgEmuForCausalLM
+
+    impl = attn_implementation(model_args.attn_implementation)
+    src = model_args.init_from
+    if src is None:
+        overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
+        cfg = processor.model_config(model_args.model_preset, **overrides)
+        if cfg.max_position_embeddings < max_length:
+            cfg = processor.model_config(model_args.model_preset, **{**overrides, "max_position_embeddings": max_length})
+        # _from_config mutates the config it is given (attention implementation): hand it a copy
+        model = ProgEmuForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation=impl)
+    else:
+        if not (Path(src) / "config.json").is_file():
+            raise ProgEmuError(f"{src}: init_from needs a folder with config.json (a final/ folder, a checkpoint "
+                               "or a text LLM)")
+        kind = AutoConfig.from_pretrained(src).model_type
+        if kind == "llama":
+            model = ProgEmuForCausalLM.from_text_llm(src, processor.layout, sequence_order=processor.sequence_order,
+                                                     attn_implementation=impl)
+        elif kind == "progemu" and (Path(src) / "model.safetensors").is_file():
+            model = ProgEmuForCausalLM.from_pretrained(src, attn_implementation=impl, dtype=torch.float32)
+        elif kind == "progemu":  # a ZeRO checkpoint folder: gather its fp32 weights
+            from train.consolidate import load_weights
+
+            model = ProgEmuForCausalLM._from_config(AutoConfig.from_pretrained(src), attn_implementation=impl)
+            model.load_state_dict(load_weights(Path(src)), strict=False)
+        else:
+            raise ProgEmuError(f"{src}: model_type {kind!r} is neither progemu nor llama")
+        processor.check_model_config(model.config)
+    model.config.image_loss_weight = processor.image_loss_weight
+    model.config.text_loss_weight = processor.text_loss_weight
+    if model.config.max_position_embeddings < max_length:
+        raise ProgEmuError(f"max_length {max_length} exceeds the model's context {model.config.max_position_embeddings}")
+    return model
+
+
+def run_stage(stage: str, argv: list[str] | None = None, default_config: str | None = None) -> Path | None:
+    """Train one stage; returns the consolidated ``OUTPUT_DIR/final`` folder (on rank 0)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    model_args, data_args, args = parse_config(argv, default_config)
+    set_seed(args.seed)
+    rows = load_split(data_args.shards, data_args.train_split, data_args.max_samples)
+    processor = load_processor(model_args, data_args, rows)
+    processor.max_length = data_args.max_length
+    builder = processor_builder(processor, data_args.loss_mask, data_args.cfg_dropout,
+                                0.5 if data_args.prompt_augment else 0.0)
+    pad = processor.layout.pad_id
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    need_rows = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    train_ds = build_dataset(rows, builder, data_args.tasks, data_args.max_length, data_args.packing, pad,
+                             args.seed, rounds=data_args.data_rounds or 1, min_rows=max(need_rows, 0))
+    eval_ds = None
+    if data_args.eval_split:
+        eval_rows = load_split(data_args.shards, data_args.eval_split, data_args.max_samples)
+        eval_ds = build_dataset(eval_rows, processor_builder(processor, data_args.loss_mask), data_args.tasks,
+                                data_args.max_length, data_args.packing, pad, args.seed)
+    if args.process_index == 0:
+        log.info("%s: %d training rows of %d tokens (%d real tokens) from %d shard rows", stage, len(train_ds),
+                 data_args.max_length, train_ds.real_tokens(), len(rows))
+    set_seed(args.seed)  # the model's initial weights do not depend on how much data was built
+    model = build_model(model_args, processor, data_args.max_length)
+    save_run_config(args, stage, model_args, data_args)
+    trainer = make_trainer(model, args, train_ds, Collator(pad, data_args.max_length, data_args.packing),
+                           eval_ds=eval_ds, processing_class=processor)
+    resume = resolve_resume(args)
+    trainer.train(resume_from_checkpoint=resume)
+    return finish(trainer, args)
+
+
+def resolve_resume(args: TrainingArguments) -> str | None:
+    """``--resume_from_checkpoint auto|true|1`` (``RESUME=1``): the run folder's last checkpoint, if any."""
+    want = args.resume_from_checkpoint
+    if not want or str(want).lower() in ("0", "false", "no", "none"):
+        return None
+    if str(want).lower() in ("auto", "true", "1", "yes"):
+        found = last_checkpoint(args.output_dir)
+        if found is None:
+            log.warning("no checkpoint in %s: starting from scratch", args.output_dir)
+        return found
+    return str(want)
+
+
+def save_run_config(args: TrainingArguments, stage: str, model_args: ModelArgs, data_args: DataArgs) -> None:
+    if args.process_index == 0:
+        write_json(Path(args.output_dir) / "run_config.json",
+                   {"stage": stage, "model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+                    "deepspeed": args.deepspeed if isinstance(args.deepspeed, str) else None, "seed": args.seed})
+
+
+def finish(trainer: Any, args: TrainingArguments) -> Path | None:
+    """Loss curve, log history and the consolidated HF folder, written by rank 0 once every rank is done."""
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return None
+    out = Path(args.output_dir)
+    write_json(out / "log_history.json", trainer.state.log_history)
+    plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
+    ckpt = last_checkpoint(out)
+    if ckpt is None:
+        log.warning("no checkpoint saved (save_strategy=no): nothing to consolidate")
+        return None
+    from train.consolidate import consolidate
+
+    final = consolidate(ckpt, out / "final")
+    log.info("consolidated %s -> %s", ckpt, final)
+    return final
