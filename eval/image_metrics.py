@@ -70,12 +70,12 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     cov_a = np.atleast_2d(np.cov(feats_a, rowvar=False))
     cov_b = np.atleast_2d(np.cov(feats_b, rowvar=False))
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product (few samples): regularise as pytorch-fid does
-        eps = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    # tr sqrt(A B) = sum sqrt(eig(sqrt(A) B sqrt(A))): symmetric PSD, so stable even for the singular
+    # covariances of small samples (where scipy's sqrtm warns and may return complex noise)
+    w, v = linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:

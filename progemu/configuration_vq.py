@@ -12,9 +12,10 @@ QUANTIZERS = ("vq", "fsq", "lfq")
 class ProgEmuVQConfig(PreTrainedConfig):
     """Shape of the conv encoder/decoder and of the quantizer.
 
-    The encoder has ``len(channel_multipliers)`` resolution levels and ``num_downsamplings =
-    len(channel_multipliers) - 1`` stride-2 steps, so the code grid of an ``H x W`` image is
-    ``(H / 2**num_downsamplings, W / 2**num_downsamplings)``; H and W must be divisible by that factor.
+    The encoder first folds ``patch_size x patch_size`` pixels into channels (pixel-unshuffle, lossless; 1 = off),
+    then has ``len(channel_multipliers)`` resolution levels with ``len(channel_multipliers) - 1`` stride-2 steps.
+    The downsampling factor is ``f = patch_size * 2**(len(channel_multipliers) - 1)`` and the code grid of an
+    ``H x W`` image is ``(H / f, W / f)``; H and W must be divisible by f.
 
     Quantizers (all from vector-quantize-pytorch):
     - ``"vq"``: ``VectorQuantize`` with an EMA codebook of ``codebook_size`` entries of ``codebook_dim``,
@@ -29,6 +30,7 @@ class ProgEmuVQConfig(PreTrainedConfig):
     def __init__(
         self,
         in_channels: int = 1,
+        patch_size: int = 1,
         base_channels: int = 64,
         channel_multipliers: list[int] | tuple[int, ...] = (1, 2, 2, 4),
         encoder_res_blocks: int = 1,
@@ -53,6 +55,7 @@ class ProgEmuVQConfig(PreTrainedConfig):
         if len(channel_multipliers) < 1:
             raise ValueError("channel_multipliers needs at least one level")
         self.in_channels = in_channels
+        self.patch_size = patch_size
         self.base_channels = base_channels
         self.channel_multipliers = list(channel_multipliers)
         self.encoder_res_blocks = encoder_res_blocks
@@ -79,8 +82,9 @@ class ProgEmuVQConfig(PreTrainedConfig):
 
     @property
     def num_downsamplings(self) -> int:
-        return len(self.channel_multipliers) - 1
+        """Number of 2x reductions, the pixel-unshuffle included (log2 of the downsampling factor)."""
+        return len(self.channel_multipliers) - 1 + max(0, int(self.patch_size).bit_length() - 1)
 
     @property
     def downsample_factor(self) -> int:
-        return 2**self.num_downsamplings
+        return int(self.patch_size) * 2 ** (len(self.channel_multipliers) - 1)

@@ -111,6 +111,21 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
             kwargs["attn_implementation"] = default_attn_implementation(kwargs.get("dtype"))
         return super().from_pretrained(*args, **kwargs)
 
+    def save_pretrained(self, save_directory: str | Path, *args: Any, model_card: dict[str, Any] | None = None,
+                        **kwargs: Any) -> None:
+        """transformers' `save_pretrained`, plus a README.md model card (`progemu.model_card`).
+
+        ``model_card`` holds `write_model_card` arguments (``data``, ``metrics``, ``training``, ``notes``);
+        without it an existing README.md (e.g. one with metrics) is kept and a missing one is written.
+        """
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and (model_card is not None
+                                                     or not (Path(save_directory) / "README.md").exists()):
+            from progemu.model_card import write_model_card
+
+            write_model_card(save_directory, self.config.to_dict(), num_parameters=self.num_parameters(),
+                             **(model_card or {}))
+
     # ---- forward and loss --------------------------------------------------------------------------------
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -129,7 +144,8 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
     ) -> ProgEmuCausalLMOutput:
         """Causal LM forward. ``labels`` (B, T) are the input ids with -100 where no loss is wanted (the
         shift happens here); ``loss_weights`` (B, T) float weighs each labelled token (the processor puts
-        its image / text weights there). ``num_items_in_batch`` (from the HF Trainer under gradient
+        its image / text weights there); without it, tokens inside ``<boi>...<eoi>`` blocks weigh
+        ``config.image_loss_weight`` and the others ``config.text_loss_weight``. ``num_items_in_batch`` (from the HF Trainer under gradient
         accumulation) replaces the per-batch normaliser ``sum(weights)``."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)

@@ -95,7 +95,9 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ProgEmuVQConfig):
         super().__init__()
         chans = [cfg.base_channels * m for m in cfg.channel_multipliers]
-        self.conv_in = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
+        # pixel-unshuffle first: a lossless (B, 1, H, W) -> (B, p*p, H/p, W/p) that spares full-resolution convs
+        self.unshuffle = nn.PixelUnshuffle(cfg.patch_size) if cfg.patch_size > 1 else nn.Identity()
+        self.conv_in = nn.Conv2d(cfg.in_channels * cfg.patch_size**2, chans[0], 3, padding=1)
         blocks: list[nn.Module] = []
         ch = chans[0]
         for level, out_ch in enumerate(chans):
@@ -111,7 +113,7 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, cfg.embed_dim, 1)  # 1x1: adds no receptive field
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, D, H/f, W/f)
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(self.unshuffle(x))))))
 
 
 class Upsample(nn.Module):
@@ -140,10 +142,11 @@ class Decoder(nn.Module):
                 blocks.append(Upsample(ch))
         self.blocks = nn.Sequential(*blocks)
         self.norm_out = ChannelLayerNorm(ch)
-        self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, cfg.in_channels * cfg.patch_size**2, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(cfg.patch_size) if cfg.patch_size > 1 else nn.Identity()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, D, h, w) -> (B, 1, H, W)
-        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z)))))
+        return self.shuffle(self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(z))))))
 
 
 class Quantizer(nn.Module):

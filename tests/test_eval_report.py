@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from eval.classifier import Evaluator, available
@@ -85,7 +86,16 @@ def fake_generation(root: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
+    # tiny networks: one thread avoids contention on a shared 2-core machine (20x slower with 2 under load)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _evaluate_fixture(tmp_path_factory.mktemp("eval"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate_fixture(tmp):
     data = make_fixture(tmp / "data")
     recs = load_records(data, "icg-cxr")
     train = ImageTable.from_records([r for r in recs if r.split == "train"], SIZE)

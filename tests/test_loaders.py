@@ -235,3 +235,14 @@ def test_data_check_command(tmp_path, capsys):
     write_mimic_cxr(tmp_path / "mc")
     assert main(["data", "check", str(tmp_path / "mc"), "--format", "mimic-cxr", "--views", "PA"]) == 0
     assert "train: 1" in capsys.readouterr().out
+
+
+def test_reads_synthcxr_writer_output(tmp_path):
+    writer = pytest.importorskip("progemu.synth.writer")
+    manifest = writer.write_dataset(tmp_path / "syn", pairs=6, size=64, seed=0)
+    icg = load_records(tmp_path / "syn", "icg-cxr")
+    assert len(icg) == 6 and all(r.extra["synthetic"] and r.extra["change_mask"].is_file() for r in icg)
+    assert {s: sum(r.split == s for r in icg) for s in manifest["counts"]} == manifest["counts"]
+    edit = load_records(tmp_path / "syn" / "mimic-edit", "mimic-edit")
+    assert len(edit) == manifest["changed_pairs"] and all(r.edit is not None for r in edit)
+    assert main(["data", "check", str(tmp_path / "syn"), "--format", "icg-cxr"]) == 0

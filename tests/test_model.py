@@ -132,3 +132,16 @@ def test_from_text_llm(tmp_path):
     model.save_pretrained(tmp_path / "progemu")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "progemu")
     assert type(again) is ProgEmuForCausalLM and again.config.layout.vocab_size == lay.vocab_size
+
+
+def test_model_card(proc, tmp_path):
+    model = make_model(proc)
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "2 layers, hidden 64" in card and "Not evaluated yet" in card and "Not a medical device" in card
+    model.save_pretrained(tmp_path, model_card={"data": {"SynthCXR-128": "100 pairs"},
+                                                "metrics": {"test": {"ssim": 0.91, "bleu3": 0.2}}})
+    card = (tmp_path / "README.md").read_text()
+    assert "SynthCXR-128" in card and "| ssim | 0.91 |" in card
+    model.save_pretrained(tmp_path)  # keeps the richer card
+    assert "SynthCXR-128" in (tmp_path / "README.md").read_text()

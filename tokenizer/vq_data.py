@@ -1,7 +1,7 @@
 """Image sources for training the VQ tokenizer, with a resumable, rank-sharded sampler.
 
 Sources map an integer index to a float32 ``(S, S)`` array in ``[0, 1]``:
-- ``SynthSource``: SynthCXR pairs generated on the fly (index -> pair ``i // 2``, prior or follow-up); an
+- ``SynthSource``: SynthCXR pairs of one split generated on the fly (prior, counterfactual, follow-up); an
   endless stream of fresh images, so the tokenizer never overfits a fixed set.
 - ``FolderSource``: a data set on disk read with the foundation loaders (``load_records(root, fmt)``: every
   prior and target image of one split), or, with ``fmt="images"``, every PNG / JPEG / DICOM under a folder.
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff"}
-VAL_SEED_OFFSET = 1_000_003  # SynthCXR validation images come from a seed the training stream never uses
+VAL_SEED_OFFSET = 1_000_003  # procedural validation images come from a seed the training stream never uses
 
 
 class ProceduralSource:
@@ -52,20 +52,35 @@ class ProceduralSource:
 
 
 class SynthSource:
-    """SynthCXR images (priors and follow-ups) generated in memory: index ``i`` -> pair ``i // 2``."""
+    """SynthCXR images of one split, generated in memory: image ``i`` is the prior, the counterfactual or the
+    follow-up (``i % 3``) of the split's pair ``i // 3``. Splits are per patient, so the training stream never
+    shows a validation patient."""
 
-    def __init__(self, size: int, seed: int = 0):
+    def __init__(self, size: int, seed: int = 0, split: str = "train"):
         from progemu.synth import SynthCXR
 
-        self.size, self.seed = size, seed
+        self.size, self.seed, self.split = size, seed, split
         self.gen = SynthCXR(size=size, seed=seed)
+        self._pairs: list[int] = []  # pair indices of this split, extended lazily
+        self._next_patient = 0
 
     def __len__(self) -> int:
         return 2**31 - 1
 
+    def pair_index(self, k: int) -> int:
+        """Global SynthCXR pair index of the split's k-th pair."""
+        from progemu.synth.pairs import PAIRS_PER_PATIENT
+
+        while len(self._pairs) <= k:
+            if self.gen.history(self._next_patient).split == self.split:
+                base = self._next_patient * PAIRS_PER_PATIENT
+                self._pairs.extend(range(base, base + PAIRS_PER_PATIENT))
+            self._next_patient += 1
+        return self._pairs[k]
+
     def __getitem__(self, index: int) -> np.ndarray:
-        pair = self.gen.pair(index // 2)
-        img = pair.prior if index % 2 == 0 else pair.target
+        pair = self.gen.pair(self.pair_index(index // 3))
+        img = (pair.prior, pair.counterfactual, pair.followup)[index % 3]
         return np.asarray(img, dtype=np.float32)
 
 
@@ -109,10 +124,11 @@ def list_images(root: str | Path, fmt: str, split: str | None) -> list[Path]:
 
 
 def make_source(data: str, size: int, seed: int, fmt: str = "icg-cxr", split: str = "train"):
-    """``data``: "synth", "procedural" or a folder; validation ("validate") uses a disjoint seed for generators."""
-    if data in ("synth", "procedural"):
-        cls = SynthSource if data == "synth" else ProceduralSource
-        return cls(size, seed + (VAL_SEED_OFFSET if split != "train" else 0))
+    """``data``: "synth" (that split of SynthCXR), "procedural" (a disjoint seed per split) or a data-set folder."""
+    if data == "synth":
+        return SynthSource(size, seed, split)
+    if data == "procedural":
+        return ProceduralSource(size, seed + (VAL_SEED_OFFSET if split != "train" else 0))
     return FolderSource(data, size, fmt, split)
 
 

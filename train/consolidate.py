@@ -102,6 +102,10 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     if not (ckpt / "config.json").is_file():
         raise ProgEmuError(f"{ckpt}: no config.json; not a training checkpoint folder")
     config = AutoConfig.from_pretrained(ckpt)
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if is_deepspeed_zero3_enabled():  # called at the end of a ZeRO-3 run: build the full model on this rank alone
+        unset_hf_deepspeed_config()
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = load_weights(ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)

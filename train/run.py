@@ -91,8 +91,11 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int) -> torch
     return model
 
 
-def run_stage(stage: str, argv: list[str] | None = None, default_config: str | None = None) -> Path | None:
-    """Train one stage; returns the consolidated ``OUTPUT_DIR/final`` folder (on rank 0)."""
+def run_stage(stage: str, argv: list[str] | None = None, default_config: str | None = None,
+              callbacks: list[Any] | None = None) -> Path | None:
+    """Train one stage; returns the consolidated ``OUTPUT_DIR/final`` folder (on rank 0).
+
+    ``callbacks``: extra `transformers.TrainerCallback` objects (the tests use them to probe the model)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, args = parse_config(argv, default_config)
     set_seed(args.seed)
@@ -119,6 +122,8 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     save_run_config(args, stage, model_args, data_args)
     trainer = make_trainer(model, args, train_ds, Collator(pad, data_args.max_length, data_args.packing),
                            eval_ds=eval_ds, processing_class=processor)
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
     resume = resolve_resume(args)
     trainer.train(resume_from_checkpoint=resume)
     return finish(trainer, args)

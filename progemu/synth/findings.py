@@ -57,7 +57,7 @@ def _effusion(p: Patient, st: FindingState, lungs: LungFields, xx, yy, rng) -> n
     """Dependent fluid with a meniscus that climbs laterally; it blunts the costophrenic angle first."""
     u = xx * sign(st.side)
     h = p.cp_y - p.apex_y
-    level = p.cp_y - (0.12, 0.3, 0.52)[severity_index(st.severity) - 1] * h
+    level = p.cp_y - (0.17, 0.32, 0.52)[severity_index(st.severity) - 1] * h
     depth = (0.1, 0.14, 0.12)[severity_index(st.severity) - 1] + rng.uniform(0, 0.03)
     meniscus = level + depth * np.square(np.clip(1.0 - u / p.width, 0.0, 1.0)) * 4.0
     body = ramp(yy - meniscus, 0.05)
@@ -74,7 +74,8 @@ def _consolidation(p: Patient, st: FindingState, xx, yy, rng) -> np.ndarray:
     theta = np.arctan2(dy, dx)
     r_eff = radius * (1.0 + 0.16 * np.sin(3 * theta + ph[0]) + 0.09 * np.sin(5 * theta + ph[1]))
     q = (dx * dx + dy * dy) / np.square(r_eff)
-    mottle = 0.8 + 0.2 * np.cos(60 * xx + ph[2]) * np.cos(55 * yy + ph[3])
+    mottle = 0.8 + 0.07 * (np.cos(57 * xx + 19 * yy + ph[2]) + np.cos(-23 * xx + 52 * yy + ph[3])
+                           + np.cos(41 * xx - 43 * yy + ph[2] + ph[3]))
     fill = (0.62 + 0.12 * k) * np.sqrt(np.sqrt(bump(q))) * mottle
     if k >= 2:  # air bronchograms: dark branching lines inside the opacity
         bronchi = np.clip(np.cos(7.0 * theta + ph[2]), 0.0, None) ** 12 * (q < 0.7)
@@ -91,7 +92,9 @@ def _edema(p: Patient, st: FindingState, xx, yy, rng) -> np.ndarray:
     for sx in (-1.0, 1.0):
         q = np.square((xx - sx * 0.22) / (0.32 * scale)) + np.square((yy - p.hilum_y - 0.06) / (0.36 * scale))
         fill = np.maximum(fill, np.sqrt(bump(q)))
-    fluff = 0.75 + 0.25 * np.cos(40 * xx + ph[0]) * np.cos(37 * yy + ph[1])
+    # Irregular fluffiness: three plane waves in different directions rather than a checkerboard.
+    fluff = 0.75 + 0.09 * (np.cos(41 * xx + 13 * yy + ph[0]) + np.cos(-17 * xx + 38 * yy + ph[1])
+                           + np.cos(29 * xx - 31 * yy + ph[0] + ph[1]))
     fill = (0.33 + 0.15 * k) * fill * fluff
     if k >= 2:
         u = np.abs(xx)
@@ -139,7 +142,7 @@ def _pneumothorax(p: Patient, st: FindingState, lungs: LungFields, xx, yy):
     lung = lungs.side(st.side)
     lucent = lung * (1.0 - collapsed)
     line = 4.0 * collapsed * (1.0 - collapsed) * lung
-    return lucent, line, collapsed * lung * (0.05 * k)
+    return lucent, line, collapsed * (0.05 * k)
 
 
 def render_findings(p: Patient, states: dict[str, FindingState], lungs: LungFields, size: int) -> Layers:
@@ -175,9 +178,9 @@ def render_findings(p: Patient, states: dict[str, FindingState], lungs: LungFiel
         for side in ("right", "left"):
             if st.side not in (None, side):
                 continue
-            part = fill * lungs.side(side)
-            out.fill[side] = out.fill[side] + part
-            mask |= part > 0.05
+            # The lung mask is applied once, in the attenuation; applying it here too would darken lung edges.
+            out.fill[side] = out.fill[side] + fill
+            mask |= fill * lungs.side(side) > 0.05
         out.masks[key] = mask
     return out
 

@@ -85,11 +85,17 @@ class SynthPair:
         return {"sex": self.patient.sex, "age_group": self.patient.age_group, "age": self.patient.age}
 
 
-def _new_state(key: str, rng: np.random.Generator, severity: str | None = None) -> FindingState:
+FOCAL = ("consolidation", "atelectasis", "nodule")  # findings that must not overlap one another
+
+
+def _new_state(key: str, rng: np.random.Generator, others: dict[str, FindingState]) -> FindingState:
+    """A new finding with random severity and place; focal findings avoid places other focal ones hold."""
     spec = FINDINGS[key]
-    sev = severity or SEVERITIES[int(rng.integers(1, 4))]
-    side = ("right", "left")[int(rng.integers(2))] if spec.lateral else None
-    zone = spec.zones[int(rng.integers(len(spec.zones)))] if spec.zones else None
+    sev = SEVERITIES[int(rng.integers(1, 4))]
+    taken = {(st.side, st.zone) for k, st in others.items() if k in FOCAL and k != key}
+    places = [(side, zone) for side in (("right", "left") if spec.lateral else (None,))
+              for zone in (spec.zones or (None,)) if key not in FOCAL or (side, zone) not in taken]
+    side, zone = places[int(rng.integers(len(places)))]
     return FindingState(key, sev, side, zone)
 
 
@@ -101,7 +107,7 @@ def _next_findings(cur: dict[str, FindingState], rng: np.random.Generator) -> di
         key = str(key)
         st = cur.get(key)
         if st is None:
-            nxt[key] = _new_state(key, rng)
+            nxt[key] = _new_state(key, rng, nxt)
             continue
         level = SEVERITIES.index(st.severity)
         moves = ["resolved"] + (["worsened"] if level < 3 else []) + (["improved"] if level > 1 else [])
@@ -141,7 +147,10 @@ def _hex_id(*parts: object) -> str:
 
 
 def change_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Where two noise-free images differ visibly, closed and hole-filled into regions (bool (S, S))."""
+    """Where two noise-free images differ visibly, closed into regions (bool (S, S)).
+
+    No hole filling: an enlarging heart changes a ring around the old heart, not the heart itself.
+    """
     diff = np.abs(after - before) > CHANGE_THRESHOLD
     if not diff.any():
         return diff
@@ -151,7 +160,7 @@ def change_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     c0, c1 = max(cols[0] - m, 0), min(cols[-1] + m + 1, diff.shape[1])
     box = ndimage.binary_closing(np.pad(diff[r0:r1, c0:c1], m), iterations=2)[m:-m, m:-m]
     out = np.zeros_like(diff)
-    out[r0:r1, c0:c1] = ndimage.binary_fill_holes(box | diff[r0:r1, c0:c1])
+    out[r0:r1, c0:c1] = box | diff[r0:r1, c0:c1]
     return out
 
 
@@ -180,7 +189,9 @@ class SynthCXR:
                 split = name
                 break
         n0 = int(rng.choice(4, p=(0.3, 0.35, 0.25, 0.1)))
-        findings = {str(k): _new_state(str(k), rng) for k in rng.choice(FINDING_KEYS, size=n0, replace=False)}
+        findings: dict[str, FindingState] = {}
+        for k in rng.choice(FINDING_KEYS, size=n0, replace=False):
+            findings[str(k)] = _new_state(str(k), rng, findings)
         day = int(rng.integers(0, 3000))
         studies = [Study(0, day, findings, sample_acquisition(rng))]
         for j in range(1, PAIRS_PER_PATIENT + 1):

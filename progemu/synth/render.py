@@ -17,7 +17,7 @@ from progemu.synth.static import StaticLayers
 from progemu.synth.vocabulary import FINDING_KEYS
 
 LUNG_AIR = 0.58  # attenuation removed by aerated lung
-VESSEL = 0.13
+VESSEL = 0.2
 HEART = 0.03
 
 

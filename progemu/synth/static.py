@@ -33,7 +33,7 @@ def _ribs(p: Patient, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     height = p.cp_y + 0.1 - p.apex_y
     spacing = height / 9.5
     inside = ramp(lateral_border(p, np.minimum(yy, p.cp_y)) + 0.07 - u, 0.05) * ramp(u - 0.06, 0.03)
-    inside = inside * ramp(p.cp_y + 0.08 - yy, 0.1)
+    inside = inside * ramp(p.cp_y + 0.02 - yy, 0.1)
     out = np.zeros_like(xx)
     # Posterior ribs leave the spine, rise a little, then fall laterally.
     for offset, shape, half, dens, lo_s in ((-0.02, -0.07 * s + 0.24 * s * s, 0.2, 0.1, 0.0),
@@ -62,7 +62,7 @@ def _spine(p: Patient, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Vertebral bodies with end plates, and the trachea as an air column down to the carina."""
     h = (p.cp_y - p.apex_y) / 9.0
     plates = 0.75 + 0.25 * np.abs(np.cos(np.pi * (yy - p.apex_y) / h))
-    spine = 0.12 * p.bone * plates * ramp(0.055 - np.abs(xx), 0.02)
+    spine = 0.08 * p.bone * plates * ramp(0.055 - np.abs(xx), 0.02)
     carina = p.hilum_y - 0.03
     trachea = -0.08 * ramp(0.022 - np.abs(xx), 0.015) * ramp(carina - yy, 0.03)
     return spine + trachea
@@ -81,8 +81,8 @@ def _body(p: Patient, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     body = (0.33 + 0.45 * thick) * inside
     if p.breast > 0:
         for sx in (-1.0, 1.0):
-            q = np.square((xx - sx * 0.5 * p.width) / 0.34) + np.square((yy - (p.cp_y - 0.02)) / 0.26)
-            body += p.breast * np.sqrt(bump(q)) * inside
+            q = np.square((xx - sx * 0.55 * p.width) / 0.3) + np.square((yy - (p.cp_y - 0.2)) / 0.21)
+            body += p.breast * ramp(1.0 - q, 0.3) * inside  # sharp inferior margin
     return body
 
 

@@ -104,3 +104,12 @@ def location_phrase(key: str, side: str | None, zone: str | None) -> str:
 def label_to_findings(label: str) -> tuple[str, ...]:
     """The finding keys whose own CheXpert label is ``label``."""
     return tuple(k for k, s in FINDINGS.items() if s.label == label)
+
+
+def resolve_finding(text: str) -> str:
+    """The canonical key of a finding given its key, name, CheXpert label or a synonym (case-insensitive)."""
+    t = text.strip().lower().replace("_", " ")
+    for key, spec in FINDINGS.items():
+        if t in (key.replace("_", " "), spec.name, spec.label.lower()) or t in spec.synonyms:
+            return key
+    raise KeyError(f"unknown finding {text!r}; known: {', '.join(FINDINGS)}")

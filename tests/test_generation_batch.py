@@ -1,0 +1,112 @@
+"""The batch command and pipeline on a random tiny model folder: outputs, error records, resume, regions."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from progemu.cli import main
+from progemu.generation import CounterfactualPipeline, DecodeOptions, GenerationItem, PipelineOptions
+from tests._gen_helpers import make_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return CounterfactualPipeline.from_pretrained(model_dir, device="cpu")
+
+
+def _image(path, seed=0, size=(40, 52)):
+    Image.fromarray((np.random.default_rng(seed).random(size) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _manifest(tmp_path):
+    _image(tmp_path / "p1.png", 1)
+    _image(tmp_path / "p2.png", 2, (64, 64))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:50, :50] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    colour = np.zeros((10, 10, 3), np.uint8)
+    colour[..., 1] = 255
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    lines = [
+        {"id": "ok1", "image": "p1.png", "prompt": "moderate left pleural effusion has developed."},
+        {"id": "ok2", "image": "p2.png", "prompt": "the right lung is clear.", "mask": "mask.png"},
+        {"id": "bad-image", "image": "broken.png", "prompt": "cardiomegaly is unchanged."},
+        {"id": "bad-prompt", "image": "p1.png", "prompt": "  "},
+        {"id": "bad-mask", "image": "p1.png", "prompt": "cardiomegaly is unchanged.", "mask": "colour.png"},
+        {"id": "no-file", "image": "missing.png", "prompt": "cardiomegaly is unchanged."},
+    ]
+    text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n"
+    (tmp_path / "manifest.jsonl").write_text(text)
+    return tmp_path / "manifest.jsonl"
+
+
+def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
+    manifest, out = _manifest(tmp_path), tmp_path / "out"
+    args = ["generate", "--model", str(model_dir), "--input", str(manifest), "--out", str(out), "--no-progress",
+            "--batch-size", "4", "--num-samples", "2", "--cfg-image", "2.0", "--max-text-tokens", "6",
+            "--device", "cpu"]
+    assert main(args) == 1  # some items failed
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    status = {r["id"]: r["status"] for r in rows}
+    assert status == {"ok1": "ok", "ok2": "ok", "bad-image": "error", "bad-prompt": "error", "bad-mask": "error",
+                      "no-file": "error", "line-7": "error"}
+    errors = {r["id"]: r["error"] for r in rows if r["status"] == "error"}
+    assert "broken.png" in errors["bad-image"] and "colour.png" in errors["bad-mask"]
+    assert "missing.png" in errors["no-file"] and "prompt" in errors["bad-prompt"]
+    for item in ("ok1", "ok2"):
+        folder = out / item
+        for name in ("counterfactual.png", "counterfactual-1.png", "interpretation.txt", "guidance.png",
+                     "guidance.npy", "record.json"):
+            assert (folder / name).is_file(), name
+        g = np.load(folder / "guidance.npy")
+        assert g.dtype == np.float32 and g.shape == (32, 32) and 0 <= g.min() and g.max() <= 1
+        rec = json.loads((folder / "record.json").read_text())
+        assert len(set(rec["seeds"])) == 2 and rec["options"]["decode"]["cfg_image"] == 2.0
+    assert json.loads((out / "ok2" / "record.json").read_text())["region"]["source"] == "mask"
+    assert not list(out.rglob(".*tmp*"))  # no temporary files left behind
+
+    before = (out / "ok1" / "counterfactual.png").read_bytes()
+    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
+    (out / "ok1" / "record.json").unlink()  # as if interrupted before ok1 finished
+    main(args)
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp  # finished item skipped
+    assert (out / "ok1" / "counterfactual.png").read_bytes() == before  # redone, same seed, same image
+    assert len((out / "results.jsonl").read_text().splitlines()) == 7
+
+
+def test_pipeline_region_keeps_prior_codes_outside(pipe):
+    lay = pipe.layout
+    prior = np.random.default_rng(3).random((32, 32)).astype(np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[24:, 24:] = True
+    opts = PipelineOptions(decode=DecodeOptions(cfg_image=3.0, max_text_tokens=4), dilate=0, num_samples=2)
+    res = pipe([GenerationItem("x", image=prior, prompt="new consolidation in the right lower lung.", mask=mask)],
+               opts)
+    codes = pipe.processor.encode_images([prior])[0]
+    for r in res:
+        assert r.edit_mask.shape == (lay.grid_h, lay.grid_w) and int(r.edit_mask.sum()) == 1
+        assert torch.equal(r.codes[~r.edit_mask], codes[~r.edit_mask])
+    auto = pipe([GenerationItem("y", image=prior, prompt="cardiomegaly is unchanged.")],
+                PipelineOptions(region="auto", tau=0.5, dilate=0, decode=DecodeOptions(max_text_tokens=2)))[0]
+    assert auto.region["source"] == "auto" and 1 <= int(auto.edit_mask.sum()) <= lay.grid_h * lay.grid_w
+    assert torch.equal(auto.codes[~auto.edit_mask], codes[~auto.edit_mask])
+
+
+def test_report_to_image_and_image_to_report(pipe):
+    items = [GenerationItem("r", prompt="cardiomegaly is unchanged.")]
+    img = pipe(items, PipelineOptions(mode="report2image", decode=DecodeOptions(max_text_tokens=0)))[0]
+    assert img.image.shape == (32, 32) and img.guidance is None
+    prior = np.random.default_rng(4).random((32, 32)).astype(np.float32)
+    rep = pipe([GenerationItem("i", image=prior)], PipelineOptions(mode="image2report",
+                                                                   decode=DecodeOptions(max_text_tokens=5)))[0]
+    assert rep.image is None and isinstance(rep.text, str)
