@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONPATH := $(CURDIR):$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint clean
+.PHONY: help install test lint clean pretrain finetune convert evaluate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,3 +44,30 @@ lint: install  ## ruff
 
 clean:  ## remove generated runs and data (keeps .venv)
 	rm -rf runs data outputs .pytest_cache
+
+# Training (train/README.md). CONFIG= preset or YAML, NGPUS= ranks per node, NNODES=, HOSTFILE= (deepspeed
+# launcher), RESUME=1 continues the run folder's last checkpoint, ARGS= more run-config flags.
+TRAIN_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(if $(NGPUS),--ngpus $(NGPUS)) $(if $(NNODES),--nnodes $(NNODES)) \
+	$(if $(HOSTFILE),--hostfile $(HOSTFILE)) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(ARGS),-- $(ARGS))
+
+pretrain: install  ## pretrain (tiny preset on SynthCXR; CONFIG= NGPUS= NNODES= HOSTFILE= RESUME=1 ARGS=)
+	$(BIN)/python -m train.launch pretrain $(TRAIN_FLAGS)
+
+finetune: install  ## fine-tune (tiny preset from the tiny pretrain run; same variables as pretrain)
+	$(BIN)/python -m train.launch finetune $(TRAIN_FLAGS)
+
+convert: install  ## ZeRO checkpoint -> Hugging Face folder: make convert CKPT=runs/x/checkpoint-N OUT=runs/x/hf
+	$(BIN)/python -m train.consolidate $(CKPT) $(OUT)
+
+# Evaluation (eval/): MODEL= an HF model folder (generates first) or GENERATED= an existing `progemu generate`
+# folder; DATA= ground truth (SynthCXR by default); evaluators are trained into runs/evaluators when missing.
+EVAL_DATA ?= data/synthcxr-128
+EVAL_OUT ?= runs/eval
+MODEL ?= runs/finetune-tiny/final
+evaluate: install  ## evaluate: make evaluate [MODEL=dir | GENERATED=dir] [EVAL_DATA=dir] [EVAL_OUT=dir]
+	@test -f $(EVAL_DATA)/manifest.json || test -n "$(filter-out data/synthcxr-128,$(EVAL_DATA))" || \
+	  nice -n 10 $(BIN)/progemu synth --out $(EVAL_DATA) --size 128 --pairs 2000
+	@test -f runs/evaluators/findings.json || \
+	  nice -n 10 $(BIN)/python -m eval.train_evaluators --data $(EVAL_DATA) --out runs/evaluators
+	$(BIN)/python -m eval.evaluate --data $(EVAL_DATA) --out $(EVAL_OUT) --evaluators runs/evaluators \
+	  $(if $(GENERATED),--generated $(GENERATED),--model $(MODEL))

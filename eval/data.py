@@ -102,6 +102,19 @@ class ImageTable:
         labels = np.stack(rows) if rows else np.zeros((0, len(CHEXPERT_LABELS)), np.float32)
         return cls(images, labels, attrs)
 
+    @classmethod
+    def from_synth(cls, pairs: Sequence[Any]) -> ImageTable:
+        """In-memory ``progemu.synth.SynthPair`` objects: each prior and counterfactual with its labels."""
+        imgs, rows, attrs = [], [], {k: [] for k in ATTRIBUTES}
+        for p in pairs:
+            for img, labels in ((p.prior, p.prior_labels), (p.counterfactual, p.target_labels)):
+                imgs.append(np.asarray(img, np.float32))
+                rows.append(label_row(labels))
+                attrs["sex"].append(p.attributes["sex"])
+                attrs["age_group"].append(p.attributes["age_group"])
+                attrs["race"].append(None)
+        return cls(np.stack(imgs), np.stack(rows), attrs)
+
 
 @dataclass
 class EvalItem:

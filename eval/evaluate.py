@@ -74,7 +74,7 @@ def _clean(obj):
 def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None = None, model: str | Path | None = None,
              evaluators_dir: str | Path = "runs/evaluators", source: str = "icg-cxr", split: str = "test",
              limit: int | None = 64, size: int = 128, reference_split: str = "validate", gallery: int = 12,
-             generate_args: str = "", log=print) -> dict:
+             generate_args: str = "", guidance_threshold: float = 0.5, log=print) -> dict:
     """Evaluate and write the report; returns the metrics dict (also written to ``out/metrics.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,9 +119,10 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
     prior_probs = {k: v.predict_proba(data.priors) for k, v in evaluators.items() if k != "findings"}
     metrics = {"n_items": len(items), "n_failed": len(failed), "failed": failed, "split": split,
                "data": str(data_dir), "model": str(model) if model else None, "generated": str(generated),
-               "image_size": size, "evaluators": specs, "notes": notes, "systems": {}}
+               "image_size": size, "guidance_threshold": guidance_threshold, "evaluators": specs, "notes": notes, "systems": {}}
     for sys_ in systems:
-        metrics["systems"][sys_.name] = evaluate_system(sys_, data, evaluators, ref_feats, prior_probs)
+        metrics["systems"][sys_.name] = evaluate_system(sys_, data, evaluators, ref_feats, prior_probs,
+                                                        guidance_threshold)
     for sys_ in metrics["systems"].values():
         for n in sys_.get("text", {}).pop("notes", []):
             notes.append(n) if n not in notes else None
@@ -154,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=64, help="items evaluated at most (0: all)")
     ap.add_argument("--size", type=int, default=128, help="evaluation resolution (px)")
     ap.add_argument("--gallery", type=int, default=12, help="items shown in report.html")
+    ap.add_argument("--guidance-threshold", type=float, default=0.5, help="guidance map threshold for its IoU")
     ap.add_argument("--generate-args", default="", help="extra arguments for `progemu generate` (quoted)")
     args = ap.parse_args(argv)
     try:
         m = evaluate(args.data, args.out, args.generated, args.model, args.evaluators, args.source, args.split,
-                     args.limit or None, args.size, gallery=args.gallery, generate_args=args.generate_args)
+                     args.limit or None, args.size, gallery=args.gallery, generate_args=args.generate_args,
+                     guidance_threshold=args.guidance_threshold)
     except ProgEmuError as err:
         print(f"eval.evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def image_metrics(sys: System, data: EvalData) -> dict:
+def image_metrics(sys: System, data: EvalData, guidance_threshold: float = 0.5) -> dict:
     """SSIM / PSNR vs the true counterfactual, SSIM outside the change region vs the prior, guidance scores."""
     out: dict = {}
     if data.targets is not None:
@@ -60,7 +60,7 @@ def image_metrics(sys: System, data: EvalData) -> dict:
     out["ssim_outside_change"] = _mean(outside)
     out["n_with_change_mask"] = len(outside)
     if sys.guidance is not None:
-        pairs = [guidance_scores(g, m) for g, m in zip(sys.guidance, data.masks) if g is not None and m is not None
+        pairs = [guidance_scores(g, m, guidance_threshold) for g, m in zip(sys.guidance, data.masks) if g is not None and m is not None
                  and m.any()]
         out["guidance_iou"] = _mean([p["iou"] for p in pairs])
         out["guidance_auroc"] = _mean([p["auroc"] for p in pairs])
@@ -128,9 +128,11 @@ def attribute_metrics(sys: System, data: EvalData, models: dict[str, Evaluator],
 
 
 def evaluate_system(sys: System, data: EvalData, evaluators: dict[str, Evaluator],
-                    reference_feats: np.ndarray | None, prior_probs: dict[str, np.ndarray]) -> dict:
+                    reference_feats: np.ndarray | None, prior_probs: dict[str, np.ndarray],
+                    guidance_threshold: float = 0.5) -> dict:
     """Every metric of one system: ``image``, ``findings``, ``demographics``, ``text`` sections."""
-    out = {"n": len(sys.images), "image": image_metrics(sys, data), "text": text_metrics(sys.texts, data.references)}
+    out = {"n": len(sys.images), "image": image_metrics(sys, data, guidance_threshold),
+           "text": text_metrics(sys.texts, data.references)}
     if "findings" in evaluators:
         out["findings"] = finding_metrics(sys, data, evaluators["findings"], reference_feats)
     attrs = {k: v for k, v in evaluators.items() if k != "findings"}

@@ -60,6 +60,8 @@ def read_generated(folder: str | Path, ids: Sequence[str]) -> dict[str, Generate
             g.error = errors[item_id]
         elif not (d / "counterfactual.png").is_file():
             g.error = f"{d / 'counterfactual.png'}: not generated"
+        elif not (d / "record.json").is_file():  # the generator writes it last: without it the item is unfinished
+            g.error = f"{d / 'record.json'}: missing (unfinished item)"
         else:
             g.image = d / "counterfactual.png"
             txt = d / "interpretation.txt"
@@ -96,7 +98,11 @@ def run_generation(model: str | Path, items: Sequence[EvalItem], out: Path, extr
 
     manifest = write_manifest(items, out.parent / "manifest.jsonl")
     argv = ["generate", "--model", str(model), "--input", str(manifest), "--out", str(out), *shlex.split(extra_args)]
-    code = progemu_main(argv)
+    try:
+        code = progemu_main(argv)
+    except SystemExit as err:  # argparse: an unknown subcommand or option
+        raise ProgEmuError(f"progemu {' '.join(argv)} could not run (exit {err.code}); "
+                           "evaluate an existing folder with --generated") from err
     if code not in (0, None) and not (out / "results.jsonl").is_file():
         raise ProgEmuError(f"progemu {' '.join(argv)} failed with exit code {code}")
     return out

@@ -14,7 +14,11 @@ import copy
 from typing import Any, ClassVar
 
 from transformers import LlamaConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:  # transformers >= 5.2x declares sub-configs as specs; earlier 5.x releases as a plain dict
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # pragma: no cover - depends on the installed transformers
+    SubConfigSpec = None
 
 from progemu.errors import LayoutError
 from progemu.vocab import VocabLayout
@@ -61,9 +65,14 @@ class ProgEmuConfig(PreTrainedConfig):
     """
 
     model_type = "progemu"
-    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {"text_config": LlamaConfig}
-    if ProgEmuVQConfig is not None:
-        sub_configs_defaults["vq_config"] = SubConfigSpec(config_class=ProgEmuVQConfig, optional=True)
+    if SubConfigSpec is not None:
+        sub_configs_defaults: ClassVar[dict[str, Any]] = {"text_config": LlamaConfig}
+        if ProgEmuVQConfig is not None:
+            sub_configs_defaults["vq_config"] = SubConfigSpec(config_class=ProgEmuVQConfig, optional=True)
+    else:  # pragma: no cover - older transformers 5.x
+        sub_configs: ClassVar[dict[str, Any]] = {"text_config": LlamaConfig}
+        if ProgEmuVQConfig is not None:
+            sub_configs["vq_config"] = ProgEmuVQConfig
 
     text_config: dict | LlamaConfig | None = None
     vq_config: dict | PreTrainedConfig | None = None
@@ -75,6 +84,13 @@ class ProgEmuConfig(PreTrainedConfig):
     text_loss_weight: float = 1.0
 
     def __post_init__(self, **kwargs):
+        # build the sub-configs here: older transformers 5.x releases leave dicts as they are
+        if self.text_config is None:
+            self.text_config = LlamaConfig()
+        elif isinstance(self.text_config, dict):
+            self.text_config = LlamaConfig(**self.text_config)
+        if isinstance(self.vq_config, dict) and ProgEmuVQConfig is not None:
+            self.vq_config = ProgEmuVQConfig(**self.vq_config)
         super().__post_init__(**kwargs)
         if self.sequence_order not in SEQUENCE_ORDERS:
             raise ValueError(f"sequence_order must be one of {SEQUENCE_ORDERS}, got {self.sequence_order!r}")

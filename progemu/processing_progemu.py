@@ -334,11 +334,14 @@ class ProgEmuProcessor(ProcessorMixin):
         return ProgEmuConfig.from_preset(preset, layout=self.layout, vq_config=vq_config, **overrides)
 
     def check_model_config(self, config: Any) -> None:
-        """LayoutError unless ``config`` (a `ProgEmuConfig`) has this processor's layout and order."""
+        """LayoutError unless ``config`` (a `ProgEmuConfig`) has this processor's layout and order; a processor
+        without ``max_length`` adopts the model's context."""
         if config.vocab_layout != self.vocab_layout:
             raise LayoutError("the model's vocab_layout differs from the processor's: they were not built together")
         if config.sequence_order != self.sequence_order:
             raise LayoutError(f"model sequence_order {config.sequence_order!r} != processor's {self.sequence_order!r}")
+        if self.max_length is None:
+            self.max_length = int(config.max_position_embeddings)
 
     def to_dict(self) -> dict[str, Any]:
         vq = self.__dict__.pop("vq_model", None)  # a model, saved in vq/ rather than in JSON

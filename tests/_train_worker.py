@@ -1,9 +1,9 @@
 """A training run with test probes, launched by torchrun from the tests:
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/_train_worker.py [--probe FILE] [--stop_at N] ARGS...
+    python -m torch.distributed.run --nproc_per_node=2 tests/_train_worker.py [--probe FILE] ARGS...
 
 ``--probe FILE``: at the end of training every rank runs the trained model (ZeRO-3 gathers its weights) on a
-fixed batch and rank 0 saves the logits; ``--stop_at N`` interrupts the run after step N (as a crash would).
+fixed batch and rank 0 saves the logits.
 """
 
 from __future__ import annotations
@@ -33,23 +33,12 @@ class Probe(TrainerCallback):
             torch.save(logits, self.path)
 
 
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-            control.should_save = True
-
-
 def main() -> None:
     argv, callbacks = sys.argv[1:], []
-    for flag, make in (("--probe", Probe), ("--stop_at", lambda v: StopAt(int(v)))):
-        if flag in argv:
-            i = argv.index(flag)
-            callbacks.append(make(argv[i + 1]))
-            del argv[i:i + 2]
+    if "--probe" in argv:
+        i = argv.index("--probe")
+        callbacks.append(Probe(argv[i + 1]))
+        del argv[i:i + 2]
     run_stage("pretrain", argv, callbacks=callbacks)
 
 

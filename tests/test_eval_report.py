@@ -163,3 +163,20 @@ def test_report_renders_in_chromium(evaluated, tmp_path):
     arr = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert arr.std() > 10, "the screenshot is blank"
     assert (arr < 128).mean() > 0.01  # text and images drawn, not an empty page
+
+
+def test_read_generated_reasons(tmp_path):
+    from eval.outputs import load_guidance, read_generated
+    from progemu.errors import ProgEmuError
+
+    (tmp_path / "a").mkdir()
+    _png(tmp_path / "a" / "counterfactual.png", np.zeros((8, 8)))  # no record.json: unfinished
+    (tmp_path / "results.jsonl").write_text('{"id": "b", "status": "error", "error": "IngestError: x.png: empty"}\n'
+                                            "not json\n")
+    got = read_generated(tmp_path, ["a", "b", "c"])
+    assert "unfinished" in got["a"].error and "empty" in got["b"].error and "not generated" in got["c"].error
+    np.save(tmp_path / "bad.npy", np.zeros((2, 2, 2), np.float32))
+    with pytest.raises(ProgEmuError, match="bad.npy"):
+        load_guidance(tmp_path / "bad.npy")
+    with pytest.raises(ProgEmuError, match="not found"):
+        read_generated(tmp_path / "missing", ["a"])

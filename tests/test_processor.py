@@ -201,3 +201,7 @@ def test_mismatched_tokenizer_is_refused():
         ProgEmuProcessor(proc.tokenizer, vocab_layout=small)
     with pytest.raises(LayoutError, match="model's vocab_layout differs"):
         make_processor(grid=2).check_model_config(proc.model_config("tiny"))
+    with pytest.raises(LayoutError, match="sequence_order"):
+        proc.check_model_config(proc.model_config("tiny", sequence_order="prior_prompt"))
+    proc.check_model_config(proc.model_config("tiny", max_position_embeddings=333))
+    assert proc.max_length == 333  # adopted from the model

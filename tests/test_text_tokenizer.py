@@ -68,3 +68,23 @@ def test_add_special_tokens_to_a_foreign_tokenizer():
 def test_too_small_vocab_errors():
     with pytest.raises(ValueError, match="no room"):
         train_bpe_tokenizer(["a b c"], vocab_size=100)
+
+
+def test_script_reads_data_sources_train_split_only(tmp_path):
+    from tests.formats import icg_pair_json, write_icg_pair, write_mimic_cxr
+    from tokenizer.train_text_tokenizer import record_texts
+
+    icg = tmp_path / "icg" / "mimic_cxr" / "pa"
+    write_icg_pair(icg, "p1")
+    held_out = icg_pair_json("p2", split="test") | {"progression-description": "Zzyzx held out prompt."}
+    write_icg_pair(icg, "p2", data=held_out)
+    texts = list(record_texts(str(tmp_path / "icg"), "icg-cxr"))
+    assert "Mild pleural effusion has developed in the left lower lung." in texts
+    assert "Small left effusion." in texts and not any("Zzyzx" in t for t in texts)
+    cxr = write_mimic_cxr(tmp_path / "mimic")
+    assert any(t.strip() for t in record_texts(str(cxr), "mimic-cxr"))
+    out = tmp_path / "tok"
+    assert main(["--out", str(out), "--vocab-size", "400", "--min-frequency", "1",
+                 "--data", f"{tmp_path / 'icg'}:icg-cxr", "--data", f"{cxr}:mimic-cxr"]) == 0
+    assert AutoTokenizer.from_pretrained(out).decode(AutoTokenizer.from_pretrained(out).encode(
+        "left effusion", add_special_tokens=False)) == "left effusion"

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from _train_helpers import REPO, make_processor, make_shards, run_args, torchrun
 
 RELOAD = """

@@ -113,7 +113,7 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
         if disc is not None:
             disc = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
     source = make_source(cfg.data, cfg.image_size, cfg.seed, cfg.data_format, "train")
-    finite = cfg.data not in ("synth", "procedural")
+    finite = cfg.data not in ("synth", "procedural")  # a folder or .npy pool: shuffled epochs
     sampler = StepSampler(len(source), cfg.batch_size, start, cfg.steps, rank, world, cfg.seed, finite)
     loader = DataLoader(SourceDataset(source), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=True)
@@ -161,7 +161,7 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
         if rank == 0:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "loss": float(loss), **{k: float(v) for k, v in terms.items()},
+                row = {"step": step, "loss": float(loss), **{k: float(v.detach()) for k, v in terms.items()},
                        "lr": lr_at(step - 1, cfg), **usage.stats()}
                 usage.reset()
                 log.write(json.dumps(row) + "\n")
@@ -191,7 +191,8 @@ def validate(model, cfg: VQTrainConfig, device: torch.device) -> dict:
     from tokenizer.vq_eval import evaluate, load_images
 
     model.eval()
-    images = load_images(cfg.data, cfg.image_size, cfg.val_images, cfg.seed, cfg.data_format)
+    data = "synth" if cfg.data.endswith(".npy") else cfg.data  # a .npy pool is SynthCXR train images
+    images = load_images(data, cfg.image_size, cfg.val_images, cfg.seed, cfg.data_format)
     result = evaluate(model, images)
     model.train()
     return result

@@ -5,6 +5,7 @@ Sources map an integer index to a float32 ``(S, S)`` array in ``[0, 1]``:
   endless stream of fresh images, so the tokenizer never overfits a fixed set.
 - ``FolderSource``: a data set on disk read with the foundation loaders (``load_records(root, fmt)``: every
   prior and target image of one split), or, with ``fmt="images"``, every PNG / JPEG / DICOM under a folder.
+- ``ArraySource``: a ``.npy`` pool of images (N, S, S) (e.g. SynthCXR generated once, in parallel).
 - ``ProceduralSource``: ellipse-and-blob phantoms, no dependency (tests and smoke runs).
 
 ``StepSampler`` turns (step, rank) into source indices deterministically, so a resumed run sees exactly the
@@ -123,12 +124,27 @@ def list_images(root: str | Path, fmt: str, split: str | None) -> list[Path]:
     return list(seen)
 
 
+class ArraySource:
+    """Images from a ``.npy`` file of shape (N, S, S) in [0, 1] (a pre-generated pool, memory-mapped)."""
+
+    def __init__(self, path: str | Path):
+        self.images = np.load(path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self.images[index], dtype=np.float32)
+
+
 def make_source(data: str, size: int, seed: int, fmt: str = "icg-cxr", split: str = "train"):
     """``data``: "synth" (that split of SynthCXR), "procedural" (a disjoint seed per split) or a data-set folder."""
     if data == "synth":
         return SynthSource(size, seed, split)
     if data == "procedural":
         return ProceduralSource(size, seed + (VAL_SEED_OFFSET if split != "train" else 0))
+    if data.endswith(".npy"):
+        return ArraySource(data)
     return FolderSource(data, size, fmt, split)
 
 

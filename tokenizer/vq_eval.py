@@ -70,6 +70,41 @@ def locality(model, images: np.ndarray, sigma_px: float = 3.0, seed: int = 0) ->
             "reach_cells": float(np.mean(reach)), "grid_cells": int(changed[0].size), "blob_sigma_px": sigma_px}
 
 
+@torch.no_grad()
+def pair_locality(model, priors: np.ndarray, counterfactuals: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    """Codes that differ between a prior and its exact counterfactual, inside vs outside the change's cells.
+
+    A cell is "touched" when its footprint holds any changed pixel; ``outside_1`` counts changed codes more than
+    one cell away from every touched cell (what a region edit dilated by one cell would still miss).
+    """
+    f = model.downsample_factor
+    n, s = len(masks), masks.shape[-1]
+    touched = masks.reshape(n, s // f, f, s // f, f).any(axis=(2, 4))  # (N, h, w)
+    dilated = torch.nn.functional.max_pool2d(torch.from_numpy(touched).float()[:, None], 3, 1, 1)[:, 0].numpy() > 0
+    _, c0 = reconstruct(model, priors)
+    _, c1 = reconstruct(model, counterfactuals)
+    changed = c0 != c1
+    return {"pairs": int(n), "pair_codes_changed": float(changed.sum(axis=(1, 2)).mean()),
+            "pair_cells_touched": float(touched.sum(axis=(1, 2)).mean()),
+            "pair_changed_outside": float((changed & ~touched).sum(axis=(1, 2)).mean()),
+            "pair_changed_outside_1": float((changed & ~dilated).sum(axis=(1, 2)).mean())}
+
+
+def load_pairs(size: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first n SynthCXR validation pairs with a change: priors, counterfactuals, change masks (N, S, S)."""
+    from tokenizer.vq_data import SynthSource
+
+    src = SynthSource(size, seed, "validate")
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    k = 0
+    while len(out) < n and k < 20 * n:
+        pair = src.gen.pair(src.pair_index(k))
+        k += 1
+        if pair.change_mask.any():
+            out.append((pair.prior, pair.counterfactual, pair.change_mask.astype(bool)))
+    return tuple(np.stack(a).astype(a[0].dtype) for a in zip(*out))  # type: ignore[return-value]
+
+
 def contact_sheet(originals: np.ndarray, recons: np.ndarray, path: str | Path, n: int = 8) -> Path:
     """Rows: originals, reconstructions, |difference| x4; n columns. Written as an 8-bit PNG."""
     n = min(n, len(originals))
@@ -103,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     model = ProgEmuVQModel.from_pretrained(args.model).eval()
     images = load_images(args.data, args.size, args.n, fmt=args.format)
     result = {**evaluate(model, images), **locality(model, images[:64])}
+    if args.data == "synth":
+        result.update(pair_locality(model, *load_pairs(args.size, 64)))
     if args.sheet:
         recs, _ = reconstruct(model, images[:8])
         contact_sheet(images[:8], recs, args.sheet)

@@ -134,7 +134,9 @@ def prepare_training_args(ns: dict[str, Any], model_args: ModelArgs) -> None:
         ns["use_cpu"] = True
     # Our collator emits only model inputs; the Trainer must not drop columns it cannot see in forward().
     ns["remove_unused_columns"] = False
-    if ns["deepspeed"] and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) >= 1:
+    if ns["deepspeed"]:
+        single_process_env()
+    if ns["deepspeed"] and not torch.cuda.is_available():
         # On CPU, accelerate would otherwise pick a backend DeepSpeed cannot use and fail its batch-size check:
         # create the process group ourselves (gloo) and tell the Trainer to use that state.
         from accelerate import PartialState
@@ -144,3 +146,16 @@ def prepare_training_args(ns: dict[str, Any], model_args: ModelArgs) -> None:
         acc = dict(ns.get("accelerator_config") or {})
         acc["use_configured_state"] = True
         ns["accelerator_config"] = acc
+
+
+def single_process_env() -> None:
+    """DeepSpeed needs a process group even for one process: without a launcher, make a one-rank world."""
+    if "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})

@@ -160,12 +160,20 @@ class CounterfactualPipeline:
         anatomy = None
         if named is not None:
             info.update(finding=named[0], laterality=named[1])
-            anatomy = coverage_grid(anatomy_map(named[0], max(size), named[1]), lay.grid_h, lay.grid_w)
+            amap = anatomy_map(named[0], max(size), named[1])
+            if amap is None:
+                info["note"] = "no anatomical prior available"
+            else:
+                anatomy = coverage_grid(amap, lay.grid_h, lay.grid_w)  # (h, w) fraction of each cell
         if source == "anatomy":
             if anatomy is None:  # nothing to bound the edit by: say so, edit freely
-                info["note"] = "no known finding named; unrestricted"
+                info.setdefault("note", "no known finding named")
+                info["note"] += "; unrestricted"
                 return None, None, info
+            # cells mostly inside the soft prior; dilation then adds the ring a local edit spreads into
             return dilate(anatomy > 0.5, opts.dilate), anatomy, info
+        if relevance is None:
+            raise ProgEmuError(f"item {item.id!r}: region 'auto' needs a guidance map (guidance kl or nll)")
         info["tau"] = opts.tau
         mask = auto_edit_mask(relevance, opts.tau, anatomy)
         return (dilate(mask, opts.dilate) if opts.tau > 0 else mask), anatomy, info

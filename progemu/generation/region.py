@@ -145,13 +145,16 @@ def nih_prior(finding: str, size: int, laterality: str | None = None,
     return out if out.any() else None
 
 
-def anatomy_map(finding: str, size: int, laterality: str | None = None, use_nih: bool = True) -> np.ndarray:
-    """Float (size, size) in [0, 1]: where ``finding`` may appear (SynthCXR anatomy, joined with NIH boxes)."""
-    from progemu.synth import anatomical_prior
-
-    prior = np.asarray(anatomical_prior(finding, size, laterality), dtype=np.float32)
-    if use_nih:
-        nih = nih_prior(finding, size, laterality)
-        if nih is not None:
-            prior = np.maximum(prior, nih)
-    return np.clip(prior, 0, 1)
+def anatomy_map(finding: str, size: int, laterality: str | None = None, use_nih: bool = True) -> np.ndarray | None:
+    """Float (size, size) in [0, 1]: where ``finding`` may appear (SynthCXR anatomy joined with the NIH boxes),
+    or None when neither source is available."""
+    maps = []
+    try:
+        from progemu.synth import anatomical_prior
+    except ImportError:  # SynthCXR not installed: the NIH boxes alone, if any
+        anatomical_prior = None
+    if anatomical_prior is not None:
+        maps.append(np.asarray(anatomical_prior(finding, size, laterality), dtype=np.float32))
+    if use_nih and (nih := nih_prior(finding, size, laterality)) is not None:
+        maps.append(nih)
+    return np.clip(np.maximum.reduce(maps), 0, 1) if maps else None

@@ -91,7 +91,7 @@ def sample_patient(pid: int, rng: np.random.Generator) -> Patient:
         pid=pid, seed=int(rng.integers(2**31)), sex=sex, age_group=age_group, age=age, width=width,
         apex_y=apex_y, cp_y=cp_y, dome_rise=(rise + 0.045, rise), base_ctr=float(rng.uniform(0.41, 0.47)),
         bone=float({"young": 1.15, "middle": 0.9, "old": 0.62}[age_group] + rng.uniform(-0.05, 0.05)),
-        fat=float(rng.uniform(0.0, 0.1)), breast=float(rng.uniform(0.12, 0.16)) if sex == "female" else 0.0,
+        fat=float(rng.uniform(0.0, 0.1)), breast=float(rng.uniform(0.1, 0.13)) if sex == "female" else 0.0,
         knob=float(rng.uniform(0.07, 0.085) if old else rng.uniform(0.045, 0.055)), calcified=old,
         devices=devices, texture_phase=tuple(float(v) for v in rng.uniform(0, 2 * np.pi, 8)),
     )

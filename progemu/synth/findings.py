@@ -14,7 +14,7 @@ import numpy as np
 from progemu.synth.anatomy import EDGE, LungFields, Patient, bump, grid, lung_shape, ramp, sign
 from progemu.synth.vocabulary import FINDINGS, severity_index
 
-CTR_BY_SEVERITY = (None, 0.55, 0.61, 0.68)  # cardiomegaly: cardiothoracic ratio for mild, moderate, severe
+CTR_BY_SEVERITY = (None, 0.55, 0.6, 0.65)  # cardiomegaly: cardiothoracic ratio for mild, moderate, severe
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ def zone_centre(p: Patient, side: str, zone: str, rng: np.random.Generator) -> t
     """A point inside the given lung zone, jittered per patient and finding."""
     h = p.cp_y - p.apex_y
     y = {"upper": p.apex_y + 0.22 * h, "middle": p.hilum_y + 0.06 * h, "lower": p.cp_y - 0.2 * h}[zone]
-    u = p.width * {"upper": 0.45, "middle": 0.55, "lower": 0.6}[zone] + rng.uniform(-0.05, 0.05)
+    # Left-sided middle and lower places sit more laterally: the heart takes the medial part there.
+    lateral = {"upper": 0.45, "middle": 0.55, "lower": 0.6}[zone] + (0.1 if side == "left" and zone != "upper" else 0)
+    u = p.width * lateral + rng.uniform(-0.05, 0.05)
     return sign(side) * u, y + rng.uniform(-0.04, 0.04)
 
 

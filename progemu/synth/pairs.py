@@ -21,10 +21,18 @@ from scipy import ndimage
 
 from progemu.data.records import Report
 from progemu.synth import text
-from progemu.synth.anatomy import Patient, sample_patient
-from progemu.synth.findings import Change, FindingState
-from progemu.synth.render import (Acquisition, Warp, add_noise, expose, noise_field, sample_acquisition,
-                                  study_attenuation, study_ctr)
+from progemu.synth.anatomy import Patient, lung_fields, sample_patient
+from progemu.synth.findings import Change, FindingState, render_findings
+from progemu.synth.render import (
+    Acquisition,
+    Warp,
+    add_noise,
+    expose,
+    noise_field,
+    sample_acquisition,
+    study_attenuation,
+    study_ctr,
+)
 from progemu.synth.static import StaticLayers, static_layers
 from progemu.synth.vocabulary import FINDING_KEYS, FINDINGS, SEVERITIES, chexpert_labels
 
@@ -99,8 +107,35 @@ def _new_state(key: str, rng: np.random.Generator, others: dict[str, FindingStat
     return FindingState(key, sev, side, zone)
 
 
-def _next_findings(cur: dict[str, FindingState], rng: np.random.Generator) -> dict[str, FindingState]:
-    """The next study's findings: 0 to 3 findings change (new, resolved, worsened, improved)."""
+def visible(p: Patient, states: dict[str, FindingState], size: int = 64) -> bool:
+    """Whether every focal finding shows: not hidden behind the heart, an effusion or another opacity."""
+    focal = [k for k in states if k in FOCAL]
+    if not focal:
+        return True
+    layers = render_findings(p, states, lung_fields(p, study_ctr(p, states), size), size)
+    for key in focal:
+        st = states[key]
+        own = layers.masks[key]
+        if key == "nodule":  # a nodule inside another opacity is not seen
+            others = {k: v for k, v in states.items() if k not in ("nodule", "cardiomegaly", "pneumothorax")}
+            if others:
+                rest = render_findings(p, others, lung_fields(p, study_ctr(p, states), size), size)
+                own = own & (np.clip(rest.fill[st.side], 0, 1) < 0.4)
+        if own.sum() < 3:
+            return False
+    return True
+
+
+def _next_findings(p: Patient, cur: dict[str, FindingState], rng: np.random.Generator) -> dict[str, FindingState]:
+    """The next study's findings: 0 to 3 findings change (new, resolved, worsened, improved), all visible."""
+    for _ in range(20):
+        nxt = _draw_next(cur, rng)
+        if visible(p, nxt):
+            return nxt
+    return dict(cur)
+
+
+def _draw_next(cur: dict[str, FindingState], rng: np.random.Generator) -> dict[str, FindingState]:
     n = int(rng.choice(4, p=(0.15, 0.55, 0.22, 0.08)))
     nxt = dict(cur)
     for key in rng.choice(FINDING_KEYS, size=n, replace=False):
@@ -176,10 +211,19 @@ class SynthCXR:
             raise ValueError(f"SynthCXR size must be between 64 and 512 px, got {size}")
         self.size, self.seed = int(size), int(seed)
         self._static: OrderedDict[int, StaticLayers] = OrderedDict()
+        self._hist: OrderedDict[int, PatientHistory] = OrderedDict()
+        self._acq: OrderedDict[tuple[int, int], tuple[Warp, np.ndarray]] = OrderedDict()
         self._att: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def history(self, patient_index: int) -> PatientHistory:
-        """Identity, split and all studies of one patient (cheap: no images)."""
+        """Identity, split and all studies of one patient (cheap: no images; cached)."""
+        if patient_index not in self._hist:
+            self._hist[patient_index] = self._draw_history(patient_index)
+            while len(self._hist) > 8:
+                self._hist.popitem(last=False)
+        return self._hist[patient_index]
+
+    def _draw_history(self, patient_index: int) -> PatientHistory:
         rng = np.random.default_rng([self.seed, patient_index, 7])
         patient = sample_patient(patient_index, rng)
         u, acc, split = rng.random(), 0.0, "train"
@@ -190,12 +234,18 @@ class SynthCXR:
                 break
         n0 = int(rng.choice(4, p=(0.3, 0.35, 0.25, 0.1)))
         findings: dict[str, FindingState] = {}
-        for k in rng.choice(FINDING_KEYS, size=n0, replace=False):
-            findings[str(k)] = _new_state(str(k), rng, findings)
+        for _ in range(20):
+            findings = {}
+            for k in rng.choice(FINDING_KEYS, size=n0, replace=False):
+                findings[str(k)] = _new_state(str(k), rng, findings)
+            if visible(patient, findings):
+                break
+        else:
+            findings = {}
         day = int(rng.integers(0, 3000))
         studies = [Study(0, day, findings, sample_acquisition(rng))]
         for j in range(1, PAIRS_PER_PATIENT + 1):
-            findings = _next_findings(findings, rng)
+            findings = _next_findings(patient, findings, rng)
             day += int(rng.integers(1, 180))
             studies.append(Study(j, day, findings, sample_acquisition(rng)))
         return PatientHistory(patient, split, studies)
@@ -216,6 +266,16 @@ class SynthCXR:
                 self._att.popitem(last=False)
         return self._att[key]
 
+    def _acquire(self, hist: PatientHistory, j: int) -> tuple[Warp, np.ndarray]:
+        """The resampling and the noise of study j's acquisition (cached: study j ends one pair, starts the next)."""
+        key = (hist.patient.pid, j)
+        if key not in self._acq:
+            acq = hist.studies[j].acquisition
+            self._acq[key] = (Warp(acq, self.size), noise_field(acq, self.size))
+            while len(self._acq) > 6:
+                self._acq.popitem(last=False)
+        return self._acq[key]
+
     def ids(self, hist: PatientHistory, j: int) -> dict[str, str]:
         pid = hist.patient.pid
         return {"subject-id": str(10_000_000 + pid), "reference-study-id": str(50_000_000 + pid * 10 + j),
@@ -230,16 +290,16 @@ class SynthCXR:
         att0, bits0 = self._attenuation(hist, j)
         att1, bits1 = self._attenuation(hist, j + 1)
         acq0, acq1 = s0.acquisition, s1.acquisition
-        w0 = Warp(acq0, self.size)
+        w0, noise0 = self._acquire(hist, j)
         clean0 = expose(w0.apply(att0), acq0)
         clean_cf = expose(w0.apply(att1), acq0)
         change = change_mask(clean0, clean_cf)
-        noise0 = noise_field(acq0, self.size)
         prior = add_noise(clean0, acq0, noise0)
         # Outside the change mask the counterfactual is the prior itself, bit for bit (the noise-free images
         # differ there by at most CHANGE_THRESHOLD, and the noise is the same acquisition's).
         cf = np.where(change, add_noise(clean_cf, acq0, noise0), prior).astype(np.float32)
-        follow = add_noise(expose(Warp(acq1, self.size).apply(att1), acq1), acq1)
+        w1, noise1 = self._acquire(hist, j + 1)
+        follow = add_noise(expose(w1.apply(att1), acq1), acq1, noise1)
         wb0, wb1 = w0.apply(bits0, order=0), w0.apply(bits1, order=0)
         changes, stable = diff_findings(s0.findings, s1.findings)
         rng = np.random.default_rng([self.seed, index, 11])

@@ -102,23 +102,27 @@ class Warp:
 
     def __init__(self, acq: Acquisition, size: int):
         mat, off = _pose_matrix(acq, size)
-        o = np.indices((size, size), dtype=np.float64).reshape(2, -1)
-        src = mat @ o + off[:, None]  # (2, S*S) source (row, col) of each output pixel
-        base = np.floor(src)
-        frac = (src - base).astype(np.float32)
-        r0, c0 = base.astype(np.int64)
+        ar = np.arange(size, dtype=np.float32)
+        # Source (row, col) of every output pixel, as outer sums of 1-D terms: (S, S) each.
+        src_r = (mat[0, 0] * ar)[:, None] + (mat[0, 1] * ar + off[0])[None, :].astype(np.float32)
+        src_c = (mat[1, 0] * ar)[:, None] + (mat[1, 1] * ar + off[1])[None, :].astype(np.float32)
         self.size = size
-        idx, weights = [], []
-        for dr, dc, w in ((0, 0, (1 - frac[0]) * (1 - frac[1])), (0, 1, (1 - frac[0]) * frac[1]),
-                          (1, 0, frac[0] * (1 - frac[1])), (1, 1, frac[0] * frac[1])):
-            r, c = r0 + dr, c0 + dc
-            ok = (r >= 0) & (r < size) & (c >= 0) & (c < size)
-            idx.append(np.where(ok, r * size + c, 0))
-            weights.append(np.where(ok, w, 0.0).astype(np.float32))
-        self.idx, self.weights = idx, weights
-        rn, cn = np.rint(src).astype(np.int64)
-        ok = (rn >= 0) & (rn < size) & (cn >= 0) & (cn < size)
-        self.nearest, self.nearest_ok = np.where(ok, rn * size + cn, 0), ok
+        self.idx, self.weights = [], []
+        r0, c0 = np.floor(src_r), np.floor(src_c)
+        fr, fc = src_r - r0, src_c - c0
+        r0, c0 = r0.astype(np.int32), c0.astype(np.int32)
+        for dr, wr in ((0, 1.0 - fr), (1, fr)):
+            r = r0 + dr
+            ok_r = (r >= 0) & (r < size)
+            rc = np.clip(r, 0, size - 1) * size
+            for dc, wc in ((0, 1.0 - fc), (1, fc)):
+                c = c0 + dc
+                ok = ok_r & (c >= 0) & (c < size)
+                self.idx.append((rc + np.clip(c, 0, size - 1)).ravel())
+                self.weights.append((wr * wc * ok).astype(np.float32).ravel())
+        rn, cn = np.rint(src_r).astype(np.int32), np.rint(src_c).astype(np.int32)
+        self.nearest_ok = ((rn >= 0) & (rn < size) & (cn >= 0) & (cn < size)).ravel()
+        self.nearest = (np.clip(rn, 0, size - 1) * size + np.clip(cn, 0, size - 1)).ravel()
 
     def apply(self, field: np.ndarray, order: int = 1) -> np.ndarray:
         """Resample a patient-frame map into the image frame (order 0 for masks and bitfields)."""

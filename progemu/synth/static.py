@@ -81,7 +81,7 @@ def _body(p: Patient, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     body = (0.33 + 0.45 * thick) * inside
     if p.breast > 0:
         for sx in (-1.0, 1.0):
-            q = np.square((xx - sx * 0.55 * p.width) / 0.3) + np.square((yy - (p.cp_y - 0.2)) / 0.21)
+            q = np.square((xx - sx * 0.62 * p.width) / 0.28) + np.square((yy - (p.cp_y - 0.2)) / 0.2)
             body += p.breast * ramp(1.0 - q, 0.3) * inside  # sharp inferior margin
     return body
 

@@ -138,8 +138,8 @@ def _describe(ch: Change, ctr: tuple[float, float], rng: np.random.Generator) ->
         if k == "new":
             return _pick(rng, (f"There is a new {size_word(st)} airspace opacity {loc}, which was previously clear, "
                                "consistent with consolidation.",
-                               f"A new area of airspace consolidation is seen {loc}, where the lung was previously "
-                               "clear."))
+                               f"A new area of airspace opacity is seen {loc}, where the lung was previously clear, "
+                               "indicating consolidation."))
         if k == "resolved":
             return f"The previously seen airspace opacity {loc} has cleared, indicating resolution of the consolidation."
         if k == "worsened":
@@ -177,9 +177,9 @@ def _describe(ch: Change, ctr: tuple[float, float], rng: np.random.Generator) ->
         return (f"A well-circumscribed round opacity is now seen {loc}, which was not present before, suggesting a "
                 f"{size_word(st)} {what}.")
     if k == "resolved":
-        return f"The previously seen round opacity {loc} is no longer visible."
-    verb = "grown" if k == "worsened" else "decreased in size"
-    return f"The round opacity {loc} has {verb}, now compatible with a {size_word(st)} {what}."
+        return f"The previously seen round opacity {loc} is no longer visible, indicating resolution of the {what}."
+    verb, trend = ("grown", "an enlarging") if k == "worsened" else ("decreased in size", "a shrinking")
+    return f"The round opacity {loc} has {verb}, indicating {trend} {what}, now {size_word(st)}."
 
 
 def interpretation(changes: list[Change], ctr: tuple[float, float], rng: np.random.Generator) -> str:

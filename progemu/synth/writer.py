@@ -31,7 +31,7 @@ from progemu.synth.vocabulary import FINDING_KEYS
 ICG_DIR = Path("icg-cxr") / "synthcxr" / "pa"
 EDIT_DIR = Path("mimic-edit")
 CSV_COLUMNS = ("split", "past_dicom_id", "current_dicom_id", "instruction")
-PNG_LEVEL = 3  # zlib level: 3 is ~3x faster than the default 6 and only a few % larger on these images
+PNG_LEVEL = 1  # zlib level: ~4x faster than the default 6, files ~15% larger
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -169,7 +169,9 @@ def write_dataset(out: str | Path, pairs: int, size: int = 128, seed: int = 0, p
         (out / sub).mkdir(parents=True, exist_ok=True)
     for stale in (out / ICG_DIR).glob("*.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    step = PAIRS_PER_PATIENT * 16
+    # Chunks of whole patients (so the per-patient caches hit), small enough to keep every worker busy.
+    per_worker = -(-pairs // (max(workers, 1) * 4))
+    step = PAIRS_PER_PATIENT * max(1, min(16, -(-per_worker // PAIRS_PER_PATIENT)))
     chunks = [(str(out), size, seed, list(range(a, min(a + step, pairs)))) for a in range(0, pairs, step)]
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:

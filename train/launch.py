@@ -1,0 +1,106 @@
+"""What `make pretrain` / `make finetune` run: build missing default inputs, then launch the stage on every rank.
+
+    python -m train.launch pretrain [--config tiny-pretrain] [--ngpus N] [--nnodes N] [--hostfile FILE]
+                                    [--resume] [-- extra run-config flags]
+
+One node: ``torchrun --standalone`` with N ranks (N = all GPUs; on a CPU-only machine 1 rank, or ``--ngpus``
+ranks on gloo, each with cores/N OpenMP threads). Several nodes (``--nnodes`` > 1 or ``--hostfile``): the
+``deepspeed`` launcher, which reaches the hosts of the hostfile over ssh. The documented default inputs
+(docs/architecture.md "Default local paths") are built first when the config uses them and they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from train.config import CONFIG_DIR, resolve_path
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {"pretrain": ("train.pretrain", "tiny-pretrain"), "finetune": ("train.finetune", "tiny-finetune")}
+# default path -> the command that builds it (docs/architecture.md)
+BUILDERS = {
+    "data/synthcxr-128": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128", "--size", "128",
+                          "--pairs", "2000", "--workers", "2"],
+    "runs/vq-tiny": [sys.executable, "-m", "tokenizer.train_vq", "--preset", "tiny", "--out", "runs/vq-tiny"],
+    "runs/text-tokenizer": [sys.executable, "-m", "tokenizer.train_text_tokenizer", "--out", "runs/text-tokenizer"],
+    "data/shards-128": [sys.executable, "-m", "tokenizer.encode_dataset"],
+}
+NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["data/synthcxr-128"]}
+
+
+def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    print("+", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+
+
+def ensure(path: str) -> None:
+    """Build a documented default input (and what it needs) when it is missing."""
+    if (REPO / path).exists() or path not in BUILDERS:
+        return
+    for dep in NEEDS.get(path, []):
+        ensure(dep)
+    sh(BUILDERS[path])
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def launch_command(module: str, run_args: list[str], ngpus: int | None, nnodes: int, hostfile: str | None,
+                   env: dict[str, str]) -> list[str]:
+    gpus = gpu_count()
+    nproc = ngpus or (gpus if gpus else 1)
+    if not gpus:  # CPU ranks share the cores: one OpenMP pool each, not one per core each
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if nnodes > 1 or hostfile:
+        cmd = ["deepspeed", "--num_gpus", str(nproc)]
+        if nnodes > 1:
+            cmd += ["--num_nodes", str(nnodes)]
+        if hostfile:
+            cmd += ["--hostfile", hostfile]
+        return [*cmd, "--module", module, *run_args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", module, *run_args]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("stage", choices=sorted(STAGES))
+    ap.add_argument("--config", help="a preset in train/configs/ or a YAML path")
+    ap.add_argument("--ngpus", type=int, help="ranks per node (GPUs; CPU processes on a machine without GPU)")
+    ap.add_argument("--nnodes", type=int, default=1)
+    ap.add_argument("--hostfile")
+    ap.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    ap.add_argument("rest", nargs=argparse.REMAINDER, help="run-config overrides after --")
+    a = ap.parse_args(argv)
+    module, default = STAGES[a.stage]
+    config = a.config or default
+    values = yaml.safe_load(Path(resolve_path(config, CONFIG_DIR, ".yaml")).read_text()) or {}
+    rest = [x for x in a.rest if x != "--"]
+    for key in ("shards", "text_tokenizer", "vq"):
+        if "processor" not in values or key == "shards":
+            ensure(str(values.get(key, "")))
+    init = values.get("init_from")
+    if a.stage == "finetune" and init == "runs/pretrain-tiny/final" and not (REPO / init).exists():
+        print(f"{init} is missing: running the tiny pretrain stage first", flush=True)
+        main(["pretrain", *(["--ngpus", str(a.ngpus)] if a.ngpus else [])])
+    run_args = ["--config", config, *(["--resume_from_checkpoint", "auto"] if a.resume else []), *rest]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    sh(launch_command(module, run_args, a.ngpus, a.nnodes, a.hostfile, env), env=env)
+
+
+if __name__ == "__main__":
+    main()
