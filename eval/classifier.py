@@ -62,6 +62,7 @@ class EvaluatorSpec:
     width: int = 16
     heldout: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=list)  # per class decision threshold (multilabel)
 
 
 def to_batch(images: np.ndarray, size: int) -> torch.Tensor:
@@ -91,6 +92,11 @@ class Evaluator:
         """(N, C) probabilities: sigmoid per finding (multilabel) or softmax over classes (multiclass)."""
         logits = torch.as_tensor(self._run(images, "forward"))
         return (logits.sigmoid() if self.spec.kind == "multilabel" else logits.softmax(-1)).numpy()
+
+    def threshold_array(self) -> np.ndarray:
+        """(C,) decision thresholds (0.5 where none were calibrated)."""
+        t = self.spec.thresholds or [0.5] * len(self.spec.classes)
+        return np.asarray(t, np.float64)
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(N, D) penultimate features (gFID)."""

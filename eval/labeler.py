@@ -28,10 +28,9 @@ _FINDINGS: dict[str, str] = {
     "Enlarged Cardiomediastinum": r"(?:enlarged|widened|widening of the) (?:cardio)?mediastin\w*|"
                                   r"mediastinal (?:widening|enlargement)|cardiomediastinal (?:enlargement|widening)",
     "Cardiomegaly": r"cardiomegaly|(?:enlarged|enlargement of the) (?:heart|cardiac silhouette)|"
-                    r"(?:heart|cardiac) (?:size|silhouette) (?:is |appears |remains )?(?:enlarged|increased)|"
-                    r"cardiothoracic ratio",
+                    r"(?:heart|cardiac) (?:size|silhouette) (?:is |appears |remains )?(?:enlarged|increased)",
     "Lung Opacity": r"opacit(?:y|ies)|opacification|airspace disease|infiltrat\w*|haziness|hazy",
-    "Lung Lesion": r"nodul\w*|mass(?:es)?\b|lesion|tumou?r|neoplasm|granuloma",
+    "Lung Lesion": r"nodul\w*|mass(?:es)?\b|lesion|tumou?r|neoplasm|granuloma|round opacit(?:y|ies)",
     "Edema": r"o?edema|vascular congestion|pulmonary congestion|interstitial markings|kerley",
     "Consolidation": r"consolidat\w*",
     "Pneumonia": r"pneumonia|infection|infectious process",
@@ -41,13 +40,29 @@ _FINDINGS: dict[str, str] = {
                         r"blunted costophrenic|meniscus",
     "Pleural Other": r"pleural (?:thickening|plaque|scarring)|fibrothorax",
     "Fracture": r"fracture\w*",
-    "Support Devices": r"\btubes?\b|\blines?\b|catheter|pacemaker|pacer|\bdevices?\b|\bwires?\b|\bports?\b|"
-                       r"\bstents?\b|\bclips?\b|\bdrains?\b|cannula",
+    # bare "line" is left out: "pleural line" (pneumothorax) and "Kerley B lines" (edema) are not devices
+    "Support Devices": r"\btubes?\b|(?:central|venous|picc|arterial|jugular|subclavian|midline|femoral|swan-ganz) "
+                       r"(?:venous )?(?:lines?|catheters?)|catheter|pacemaker|pacer|\bdevices?\b|\bwires?\b|"
+                       r"\bports?\b|\bstents?\b|\bclips?\b|\bdrains?\b|cannula",
 }
+
+def _with_synonyms(patterns: dict[str, str]) -> dict[str, str]:
+    """Add the synonyms of the shared finding vocabulary (``progemu.synth.vocabulary``) to the patterns."""
+    from progemu.synth.vocabulary import FINDINGS
+
+    out = dict(patterns)
+    for spec in FINDINGS.values():
+        extra = "|".join(re.escape(w) for w in spec.synonyms)
+        out[spec.label] = f"{out[spec.label]}|{extra}" if spec.label in out else extra
+    return out
+
+
+_FINDINGS = _with_synonyms(_FINDINGS)
 # Statements that a finding is normal ("heart size is normal") are negations without a cue word.
 _NORMAL: dict[str, str] = {
     "Cardiomegaly": r"(?:heart|cardiac) (?:size|silhouette) (?:is |are |appears |remains )?(?:normal|"
-                    r"within normal limits|unremarkable)|normal (?:heart size|cardiac silhouette)",
+                    r"within normal limits|unremarkable)|normal (?:heart size|cardiac silhouette)|"
+                    r"(?:heart|cardiac silhouette|heart size) (?:has )?returned to normal",
     "Enlarged Cardiomediastinum": r"(?:cardio)?mediastinal (?:contours?|silhouette) (?:is |are |appears? |remains? )?"
                                   r"(?:normal|unremarkable|within normal limits)",
     "Lung Opacity": r"lungs? (?:are|is|remain|remains) clear|clear lungs",
@@ -61,19 +76,28 @@ _UNCERTAIN = (r"\bmay\b|\bmight\b|\bcould\b|\bpossibl[ey]\b|\bprobabl[ey]\b|\bli
               r"\bcan ?not (?:be )?(?:excluded?|ruled? out)\b|\bversus\b|\bvs\.?\b|\bequivocal\b|\bsuggest\w*|"
               r"\buncertain\b|\bdifficult to exclude\b|\bnot excluded\b|\bvs\b|\bconsider\w*|\bpresum\w*|\?")
 _CHANGES: dict[str, str] = {
-    "resolved": r"\bresol(?:ved|ution)\b|\bcleared\b|\bno longer\b|\bdisappeared\b|\bhas gone\b",
-    "new": r"\bnew(?:ly)?\b|\bdevelop(?:ed|ing|ment)\b|\bappeared\b|\bemerged?\b|\binterval appearance\b",
-    "increased": r"\bincreas\w*|\bworse\w*|\bprogress\w*|\blarger\b|\bmore (?:prominent|extensive|conspicuous)\b|"
-                 r"\bgrown\b|\bexpanded\b|\bextend(?:ed|s)\b",
+    "resolved": r"\bresol(?:ved|ution)\b|\bcleared\b|\bno longer\b|\bdisappeared\b|\bhas gone\b|\bnow sharp\b|"
+                r"\breturned to normal\b",
+    "new": r"\bnew(?:ly)?\b|\bdevelop(?:ed|ing|ment)\b|\bappeared\b|\bemerged?\b|\binterval appearance\b|"
+           r"\bnow (?:seen|present|visible|noted)\b|\bnot present before\b|\bpreviously (?:sharp|clear|normal)\b",
+    "increased": r"\bincreas\w*|\bworse\w*|\bprogress\w*|\blarger\b|\bmore (?:prominent|extensive|conspicuous|"
+                 r"numerous)\b|\bgrown\b|\bexpanded\b|\bextend(?:ed|s)\b|\benlarg(?:ed|ing)\b|\bdenser\b|"
+                 r"\bthicker\b|\bfurther from\b",
     "decreased": r"\bdecreas\w*|\bimprov\w*|\bsmaller\b|\bless (?:prominent|extensive|conspicuous)\b|\breduc\w*|"
-                 r"\bdiminish\w*|\bregress\w*|\bresolving\b|\bshrunk\b|\blessened\b",
+                 r"\bdiminish\w*|\bregress\w*|\bresolving\b|\bshr[iu]nk\w*|\blessened\b|\bfewer\b|"
+                 r"\bthinner\b|\bcloser to\b",
     "unchanged": r"\bunchanged\b|\bstable\b|\bno (?:significant |appreciable )?(?:interval )?(?:change|increase|"
-                 r"decrease|worsening|improvement)\b|\bpersist\w*|\bremains?\b|"
-                 r"\bsimilar\b|\bconstant\b",
+                 r"decrease|worsening|improvement)\b|\bpersist\w*|\bremains?\b|\bsimilar\b|\bconstant\b",
 }
-# Clause breakers end the scope of a negation or hedge ("No effusion, but new pneumothorax").
+# "from mild to moderate": the direction of a severity change decides it ("changing from severe to mild").
+_SEVERITY_RANK = {"none": 0, "trace": 1, "minimal": 1, "small": 1, "mild": 1, "patchy": 1, "moderate": 2,
+                  "moderate-sized": 2, "large": 3, "severe": 3, "extensive": 3}
+_TRANSITION = re.compile(r"\bfrom (" + "|".join(_SEVERITY_RANK) + r") to (" + "|".join(_SEVERITY_RANK) + r")\b")
+# Clause breakers end the scope of a negation or hedge ("No effusion, but new pneumothorax"; "..., which was
+# not present before, suggesting a nodule": the conclusion after "suggesting" / "indicating" is its own clause).
 _BREAK = re.compile(r",? *\b(?:but|however|although|though|whereas|while|except|aside from|apart from|which|"
-                    r"with the exception of)\b|;")
+                    r"with the exception of|indicating|suggesting|suggestive of|consistent with|compatible with|"
+                    r"in keeping with|representing)\b|;")
 # Pseudo-negations: "no change in the effusion" does not negate the effusion (NegBio's pseudo-negation rule).
 _PSEUDO_NEG = re.compile(r"\bno (?:significant |appreciable )?(?:interval )?(?:change|increase|decrease|worsening|"
                          r"improvement)\b|\bnot (?:changed|significantly changed)\b")
@@ -105,6 +129,10 @@ class TextLabels:
 
 
 def _first_change(clause: str) -> str | None:
+    m = _TRANSITION.search(clause)
+    if m and _SEVERITY_RANK[m[1]] != _SEVERITY_RANK[m[2]]:
+        a, b = _SEVERITY_RANK[m[1]], _SEVERITY_RANK[m[2]]
+        return "new" if a == 0 else "resolved" if b == 0 else "increased" if b > a else "decreased"
     hits = [(m.start(), name) for name, rx in _CHANGE_RES.items() for m in [rx.search(clause)] if m]
     return min(hits)[1] if hits else None
 
@@ -135,17 +163,17 @@ def _clause_labels(clause: str) -> tuple[dict[str, str], str | None]:
 
 def label_text(text: str | None) -> TextLabels:
     """Label a report or interpretation. A finding mentioned twice keeps its most definite status
-    (positive > uncertain > negative), as the CheXpert labeler aggregates mentions."""
+    (positive > uncertain > negative), as the CheXpert labeler aggregates mentions. A finding whose clause has
+    no change word takes its sentence's first one ("A round opacity is now seen, suggesting a nodule")."""
     out = TextLabels()
     rank = {NEGATIVE: 0, UNCERTAIN: 1, POSITIVE: 2}
     for sentence in _SENT.split((text or "").lower()):
-        for clause in _BREAK.split(sentence):
-            clause = clause.strip()
-            if not clause:
-                continue
-            found, change = _clause_labels(clause)
-            if not found and change:
-                out.global_change = out.global_change or change
+        clauses = [_clause_labels(c.strip()) for c in _BREAK.split(sentence) if c.strip()]
+        sentence_change = next((ch for _, ch in clauses if ch), None)
+        if sentence_change and not any(found for found, _ in clauses):
+            out.global_change = out.global_change or sentence_change
+        for found, change in clauses:
+            change = change or sentence_change
             for name, status in found.items():
                 if name not in out.findings or rank[status] > rank[out.findings[name]]:
                     out.findings[name] = status

@@ -72,28 +72,30 @@ def finding_metrics(sys: System, data: EvalData, clf: Evaluator, reference_feats
     """gFID, progression alignment (classifier vs follow-up labels), prompted-state-found rate, consistency."""
     classes = clf.spec.classes
     probs = clf.predict_proba(sys.images)  # (N, C)
+    thr = clf.threshold_array()  # (C,) calibrated on held-out data
     out: dict = {}
     if reference_feats is not None and len(sys.images) > 1:
         out["gfid"] = frechet_distance(clf.features(sys.images).astype(np.float64), reference_feats.astype(np.float64))
     truth = np.array([[t.get(c, np.nan) if t.get(c) in (0.0, 1.0) else np.nan for c in classes]
                       for t in data.target_labels], np.float64).reshape(len(probs), len(classes))
-    allf = multilabel_scores(probs, truth, classes)
+    allf = multilabel_scores(probs, truth, classes, list(thr))
     out.update({"all_findings_auroc": allf["auroc"], "all_findings_f1": allf["f1"]})
-    p, t, found, per = [], [], [], {}
+    p, t, th, found, per = [], [], [], [], {}
     for i, prompted in enumerate(data.prompted):
         states = {f: s for f, s in prompted.items() if f in classes}
         if not states:
             continue
         ok = True
         for f, s in states.items():
-            prob = probs[i, classes.index(f)]
-            p.append(prob)
+            j = classes.index(f)
+            p.append(probs[i, j])
             t.append(s)
-            hit = (prob >= 0.5) == (s == 1.0)
+            th.append(thr[j])
+            hit = (probs[i, j] >= thr[j]) == (s == 1.0)
             ok &= bool(hit)
             per.setdefault(f, []).append(float(hit))
         found.append(float(ok))
-    pr = binary_scores(np.array(p), np.array(t))
+    pr = binary_scores(np.array(p), np.array(t), np.array(th))
     out.update({"prompted_auroc": pr["auroc"], "prompted_f1": pr["f1"], "prompted_accuracy": pr["accuracy"],
                 "prompted_state_found": _mean(found), "n_prompted_items": len(found),
                 "prompted_state_found_per_finding": {f: _mean(v) for f, v in sorted(per.items())}})
@@ -101,7 +103,8 @@ def finding_metrics(sys: System, data: EvalData, clf: Evaluator, reference_feats
     for i, text in enumerate(sys.texts):
         for f, status in label_text(text).findings.items():
             if f in classes and status in (POSITIVE, NEGATIVE):
-                agree.append(float((probs[i, classes.index(f)] >= 0.5) == (status == POSITIVE)))
+                j = classes.index(f)
+                agree.append(float((probs[i, j] >= thr[j]) == (status == POSITIVE)))
     out["consistency"] = _mean(agree)
     out["n_consistency_mentions"] = len(agree)
     return out

@@ -21,7 +21,7 @@ from torch import nn
 
 from eval.classifier import Evaluator, EvaluatorSpec, SmallCXRNet
 from eval.data import AGE_GROUPS, ImageTable, load_records
-from eval.scores import multiclass_scores, multilabel_scores
+from eval.scores import multiclass_scores, multilabel_scores, youden_thresholds
 from progemu.data.records import CHEXPERT_LABELS
 
 MIN_COUNT = 8  # a class needs this many training examples (each side) to be learned and scored
@@ -91,8 +91,14 @@ def train_one(name: str, kind: str, classes: list[str], train: tuple[np.ndarray,
     t0 = time.time()
     fit_net(ev.net, to_batch(train[0], size), torch.as_tensor(train[1], dtype=ytype), kind, epochs, seed=seed, log=log)
     prob = ev.predict_proba(heldout[0])
-    score = multilabel_scores if kind == "multilabel" else multiclass_scores
-    spec.heldout = score(prob, heldout[1], classes)
+    if kind == "multilabel":
+        # decision thresholds from the first half of the held-out data, scores on the second half, so the
+        # reported accuracy / F1 are not tuned on the data they are measured on
+        half = len(prob) // 2
+        spec.thresholds = youden_thresholds(prob[:half], heldout[1][:half])
+        spec.heldout = multilabel_scores(prob[half:], heldout[1][half:], classes, spec.thresholds)
+    else:
+        spec.heldout = multiclass_scores(prob, heldout[1], classes)
     spec.heldout["reliable"] = reliable(kind, spec.heldout)
     spec.training = {"n_train": int(len(train[0])), "n_heldout": int(len(heldout[0])), "epochs": epochs,
                      "seconds": round(time.time() - t0, 1), "seed": seed}

@@ -119,6 +119,10 @@ class ProgEmuConfig(PreTrainedConfig):
     def vocab_size(self) -> int:
         return self.text_config.vocab_size
 
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:  # e.g. `resize_token_embeddings` on code that sets it here
+        self.text_config.vocab_size = int(value)
+
     @property
     def hidden_size(self) -> int:
         return self.text_config.hidden_size

@@ -116,9 +116,10 @@ class ProgEmuProcessor(ProcessorMixin):
 
     # ---- pieces ------------------------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
-        """Text -> ids without special tokens ('' -> [])."""
+        """Text -> ids without special tokens ('' -> []). A special token's spelling inside the text (say
+        "<|boi|>" in a user's prompt) is tokenised as plain text, so no text can forge image structure."""
         text = (text or "").strip()
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+        return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)) if text else []
 
     def image_ids(self, codes: Any) -> list[int]:
         """A code grid ((h, w) or flat h*w, row-major) -> the ids of its full image block."""

@@ -18,7 +18,7 @@ TEXT = "There is blunting of the left costophrenic angle, indicating a new pleur
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    return train_bpe_tokenizer(list(synth_texts(400, seed=1)) + [PROMPT, TEXT], vocab_size=600)
+    return train_bpe_tokenizer(list(synth_texts(60, seed=1)) + [PROMPT, TEXT], vocab_size=600)
 
 
 def make_tokenizer():

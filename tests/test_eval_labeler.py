@@ -62,3 +62,19 @@ def test_sentences_are_separate_and_most_definite_wins():
     assert r.findings == {"Pleural Effusion": POSITIVE, "Pneumothorax": NEGATIVE}
     assert labels_vector(label_text("Possible pneumonia. No edema.")) == {"Pneumonia": -1.0, "Edema": 0.0}
     assert label_text("").findings == {} and label_text(None).global_change is None
+
+
+def test_change_spans_the_sentence_and_severity_direction():
+    r = label_text("A well-circumscribed round opacity is now seen in the right upper lung, which was not present "
+                   "before, suggesting a small pulmonary nodule.")
+    assert r.findings["Lung Lesion"] == POSITIVE and r.changes["Lung Lesion"] == "new"
+    r = label_text("The linear opacities in the left lower lung are fewer, indicating atelectasis changing from "
+                   "severe to mild.")
+    assert r.changes["Atelectasis"] == "decreased"
+    assert label_text("Edema has progressed from mild to severe.").changes["Edema"] == "increased"
+
+
+def test_lines_that_are_not_devices():
+    r = label_text("Septal (Kerley B) lines at the lung bases. A thin visceral pleural line at the left apex.")
+    assert "Support Devices" not in r.findings
+    assert label_text("Right internal jugular central venous line in place.").findings["Support Devices"] == POSITIVE

@@ -45,7 +45,8 @@ def make_fixture(root: Path, counts=(("train", 48), ("validate", 16), ("test", 8
             male, before, after = bool(i % 2), bool(i % 4 < 2), bool((i // 2) % 2 == 0) ^ (i % 3 == 0)
             prior, blob = _study(rng, male, before)
             target = prior.copy()
-            target[blob] = 0.95 if after else prior[~blob].mean()
+            if before != after:
+                target[blob] = 0.95 if after else prior[~blob].mean()
             change = blob if before != after else np.zeros_like(blob)
             _png(folder / f"{pair}-ref-reg.png", prior)
             _png(folder / f"{pair}-flu-reg.png", target)
@@ -54,7 +55,9 @@ def make_fixture(root: Path, counts=(("train", 48), ("validate", 16), ("test", 8
                     if before and not after else "No significant interval change.")
             labels = lambda e: {"Pleural Effusion": float(e), "No Finding": float(not e)}  # noqa: E731
             (folder / f"{pair}.json").write_text(json.dumps({
-                "progression-description": "Left pleural effusion " + ("develops." if after else "resolves."),
+                "progression-description": {(False, True): "A left pleural effusion develops.",
+                                            (True, False): "The left pleural effusion resolves."}.get(
+                    (before, after), "The chest stays as it is."),
                 "changes-of-findings": text, "split": split, "sex": "M" if male else "F", "age": 30 + i,
                 "reference-diseases": labels(before), "followup-diseases": labels(after),
                 "synth-change-mask": f"{pair}-change-mask.png"}))
@@ -100,7 +103,7 @@ def _evaluate_fixture(tmp):
     recs = load_records(data, "icg-cxr")
     train = ImageTable.from_records([r for r in recs if r.split == "train"], SIZE)
     held = ImageTable.from_records([r for r in recs if r.split == "validate"], SIZE)
-    evs = train_all(train, held, size=SIZE, epochs=6, width=8, log=lambda s: None)
+    evs = train_all(train, held, size=SIZE, epochs=15, width=8, log=lambda s: None)
     for ev in evs.values():
         ev.save(tmp / "evaluators")
     gen = fake_generation(data, tmp / "generated")

@@ -16,11 +16,11 @@ def test_script_writes_a_loadable_tokenizer(tmp_path):
     extra = tmp_path / "extra.txt"
     extra.write_text("Pneumoperitoneum is unusual here.\nSecond line of text.\n", encoding="utf-8")
     out = tmp_path / "tok"
-    assert main(["--out", str(out), "--vocab-size", "700", "--synth-texts", "800", "--text-file", str(extra)]) == 0
+    assert main(["--out", str(out), "--vocab-size", "700", "--synth-pairs", "60", "--text-file", str(extra)]) == 0
     tok = AutoTokenizer.from_pretrained(out)
     assert 8 + len(BYTE_TOKENS) < len(tok) <= 700
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS.values()] == list(range(len(SPECIAL_TOKENS)))
-    assert main(["--out", str(out), "--vocab-size", "700", "--synth-texts", "50"]) == 0  # replaces atomically
+    assert main(["--out", str(out), "--vocab-size", "700", "--synth-pairs", "10"]) == 0  # replaces atomically
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tok.")]
 
 
@@ -34,7 +34,7 @@ def test_byte_fallback_round_trip_and_lowercase():
 
 
 def test_keep_case():
-    tok = train_bpe_tokenizer(list(synth_texts(300)), vocab_size=500, lowercase=False)
+    tok = train_bpe_tokenizer(list(synth_texts(40)), vocab_size=500, lowercase=False)
     assert tok.decode(tok.encode(ODD, add_special_tokens=False)) == ODD
 
 
@@ -52,7 +52,7 @@ def test_add_special_tokens_to_a_foreign_tokenizer():
     # a tokenizer trained elsewhere (as a pretrained LLM's) knows none of the package's special tokens
     raw = Tokenizer(models.BPE(unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(list(synth_texts(200)), trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    raw.train_from_iterator(list(synth_texts(20)), trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
     foreign = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]")
     n = len(foreign)
     before = foreign.encode("mild edema", add_special_tokens=False)
@@ -86,5 +86,5 @@ def test_script_reads_data_sources_train_split_only(tmp_path):
     out = tmp_path / "tok"
     assert main(["--out", str(out), "--vocab-size", "400", "--min-frequency", "1",
                  "--data", f"{tmp_path / 'icg'}:icg-cxr", "--data", f"{cxr}:mimic-cxr"]) == 0
-    assert AutoTokenizer.from_pretrained(out).decode(AutoTokenizer.from_pretrained(out).encode(
-        "left effusion", add_special_tokens=False)) == "left effusion"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.decode(tok.encode("left effusion", add_special_tokens=False)) == "left effusion"

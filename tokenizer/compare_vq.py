@@ -19,11 +19,11 @@ import numpy as np
 # name -> ProgEmuVQConfig overrides of the preset
 VARIANTS: dict[str, dict] = {
     "vq-cosine-kmeans": {},
-    "vq-euclid-kmeans": {"vq_use_cosine_sim": False},
-    "vq-plain": {"vq_use_cosine_sim": False, "vq_kmeans_init": False, "vq_threshold_ema_dead_code": 0.0},
     "fsq-8.8.8": {"quantizer": "fsq", "fsq_levels": [8, 8, 8]},
     "lfq-512": {"quantizer": "lfq", "codebook_size": 512},
     "vq-f16": {"channel_multipliers": [1, 2, 4]},
+    "vq-euclid-kmeans": {"vq_use_cosine_sim": False},
+    "vq-plain": {"vq_use_cosine_sim": False, "vq_kmeans_init": False, "vq_threshold_ema_dead_code": 0.0},
     "vq-p2-f8": {"patch_size": 2, "base_channels": 32, "channel_multipliers": [1, 2, 4]},
 }
 

@@ -6,9 +6,9 @@
     python -m tokenizer.train_text_tokenizer --out runs/text-tokenizer-mimic --vocab-size 8192 \\
         --data /data/mimic-cxr-jpg:mimic-cxr --data /data/icg-cxr-v1:icg-cxr                  # real users
 
-With no ``--data`` / ``--text-file`` it trains on texts written from SynthCXR's finding vocabulary
-(`progemu.synth.vocabulary`): progression prompts, interpretations, edit instructions and short reports.
-Only ``train``-split records of ``--data`` sources are read, so validation and test texts stay unseen.
+With no ``--data`` / ``--text-file`` it trains on the texts of SynthCXR pairs generated in memory (the same
+generator and seed as ``progemu synth``): progression prompts, interpretations, edit instructions, reports.
+Only ``train``-split records / pairs are read, so validation and test texts stay unseen.
 Writes a `PreTrainedTokenizerFast` folder (tokenizer.json, tokenizer_config.json) atomically.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,47 +23,20 @@ from pathlib import Path
 
 from progemu.tokenization import train_bpe_tokenizer
 
-_CHANGE = {"new": "{sev} {name} has developed in the {loc}.", "resolved": "The {name} in the {loc} has resolved.",
-           "worsened": "The {name} in the {loc} has worsened to {sev}.",
-           "improved": "The {name} in the {loc} has improved to {sev}.",
-           "unchanged": "Stable {sev} {name} in the {loc}."}
-_NEGATIVES = ("No pneumothorax.", "No pleural effusion.", "No focal consolidation.", "No pulmonary edema.",
-              "The cardiomediastinal silhouette is within normal limits.", "No acute osseous abnormality.",
-              "Lungs are clear.", "Heart size is normal.")
 
+def synth_texts(n_pairs: int, seed: int = 0, size: int = 64) -> Iterator[str]:
+    """The texts of SynthCXR's first ``n_pairs`` pairs (train split only): prompts, interpretations, edit
+    instructions, and the FINDINGS / IMPRESSION of both reports. Rendered at 64 px, ~10 ms a pair."""
+    from progemu.synth import SynthCXR
 
-def synth_texts(n: int, seed: int = 0) -> Iterator[str]:
-    """``n`` report-like texts in SynthCXR's vocabulary (prompts, interpretations, instructions, reports)."""
-    from progemu.synth.vocabulary import DEVICES, FINDINGS, SEVERITIES, SIDES, location_phrase
-
-    rng = random.Random(seed)
-    for _ in range(n):
-        key = rng.choice(list(FINDINGS))
-        spec = FINDINGS[key]
-        side = rng.choice(SIDES) if spec.lateral else None
-        zone = rng.choice(spec.zones) if spec.zones else None
-        loc = location_phrase(key, side, zone)
-        sev_i = rng.randrange(1, len(SEVERITIES))
-        sev, size_word = SEVERITIES[sev_i], spec.size_words[sev_i - 1]
-        name = rng.choice(spec.synonyms)
-        change = rng.choice(list(_CHANGE))
-        kind = rng.randrange(5)
-        if kind == 0:
-            yield _CHANGE[change].format(sev=sev.capitalize() if change == "new" else sev, name=name, loc=loc)
-        elif kind == 1:
-            yield (f"There is a {size_word} {name} in the {loc}, which was not present before, "
-                   f"indicating {change} {spec.name}. " + rng.choice(_NEGATIVES))
-        elif kind == 2:
-            op = rng.choice([f"Add the finding of {spec.name}", f"Remove the finding of {spec.name}",
-                             f"Change the level of {spec.name} from {SEVERITIES[max(1, sev_i - 1)]} to {sev}"])
-            yield op + (f" in the {loc}" if rng.random() < 0.5 else "")
-        elif kind == 3:
-            extra = f" {rng.choice(DEVICES).capitalize()} in place." if rng.random() < 0.2 else ""
-            yield (f"FINDINGS: {size_word.capitalize()} {name} in the {loc}. {rng.choice(_NEGATIVES)}{extra} "
-                   f"IMPRESSION: {sev.capitalize()} {spec.name}.")
-        else:
-            sents = rng.sample(_NEGATIVES, 3)
-            yield " ".join(sents) + f" Compared to the prior study from {rng.randrange(1, 29)} days earlier."
+    gen = SynthCXR(size=size, seed=seed)
+    for i in range(n_pairs):
+        pair = gen.pair(i)
+        if pair.split != "train":
+            continue
+        yield from (t for t in (pair.prompt, pair.interpretation, pair.instruction) if t)
+        for rep in (pair.prior_report, pair.target_report):
+            yield from (t for t in (rep.findings, rep.impression) if t)
 
 
 def record_texts(root: str, fmt: str) -> Iterator[str]:
@@ -88,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", action="append", default=[], metavar="ROOT:FORMAT",
                     help="a data source (format icg-cxr, mimic-edit or mimic-cxr); repeatable")
     ap.add_argument("--text-file", action="append", default=[], help="a UTF-8 file, one text per line; repeatable")
-    ap.add_argument("--synth-texts", type=int, default=None,
-                    help="SynthCXR-style texts to add (default 20000 when no other source is given, else 0)")
+    ap.add_argument("--synth-pairs", type=int, default=None,
+                    help="SynthCXR pairs whose texts to add (default 3000 when no other source is given, else 0)")
     ap.add_argument("--keep-case", action="store_true", help="do not lower-case (default: lower-case)")
     ap.add_argument("--min-frequency", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -103,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         texts += record_texts(root, fmt)
     for f in args.text_file:
         texts += [line.strip() for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
-    n_synth = args.synth_texts if args.synth_texts is not None else (0 if texts else 20000)
+    n_synth = args.synth_pairs if args.synth_pairs is not None else (0 if texts else 3000)
     texts += synth_texts(n_synth, args.seed)
     if not texts:
-        ap.error("no training text: give --data, --text-file or --synth-texts N")
+        ap.error("no training text: give --data, --text-file or --synth-pairs N")
     tok = train_bpe_tokenizer(texts, vocab_size=args.vocab_size, lowercase=not args.keep_case,
                               min_frequency=args.min_frequency)
     out = Path(args.out)

@@ -59,7 +59,7 @@ def _effusion(p: Patient, st: FindingState, lungs: LungFields, xx, yy, rng) -> n
     """Dependent fluid with a meniscus that climbs laterally; it blunts the costophrenic angle first."""
     u = xx * sign(st.side)
     h = p.cp_y - p.apex_y
-    level = p.cp_y - (0.17, 0.32, 0.52)[severity_index(st.severity) - 1] * h
+    level = p.cp_y - (0.2, 0.34, 0.52)[severity_index(st.severity) - 1] * h
     depth = (0.1, 0.14, 0.12)[severity_index(st.severity) - 1] + rng.uniform(0, 0.03)
     meniscus = level + depth * np.square(np.clip(1.0 - u / p.width, 0.0, 1.0)) * 4.0
     body = ramp(yy - meniscus, 0.05)
@@ -110,11 +110,11 @@ def _atelectasis(p: Patient, st: FindingState, xx, yy, rng) -> np.ndarray:
     """Plate-like (discoid) bands, more and thicker with severity."""
     cx, cy = zone_centre(p, st.side, st.zone, rng)
     k = severity_index(st.severity)
-    half = 0.016 + 0.007 * k
+    half = 0.014 + 0.005 * k
     slope = rng.uniform(0.05, 0.2) * sign(st.side)
     fill = np.zeros_like(xx)
     for i in range(k):
-        y0 = cy + (i - (k - 1) / 2) * 0.07
+        y0 = cy + (i - (k - 1) / 2) * 0.09  # separate plates, never one slab
         length = 0.2 + 0.05 * k
         t = np.clip((xx - cx) / length, -1.0, 1.0)
         dist = yy - (y0 + slope * t * length)

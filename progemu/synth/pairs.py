@@ -21,42 +21,23 @@ from scipy import ndimage
 
 from progemu.data.records import Report
 from progemu.synth import text
-from progemu.synth.anatomy import Patient, lung_fields, sample_patient
-from progemu.synth.findings import Change, FindingState, render_findings
+from progemu.synth.anatomy import Patient
+from progemu.synth.findings import Change, FindingState
+from progemu.synth.history import PAIRS_PER_PATIENT, PatientHistory, diff_findings, draw_history
 from progemu.synth.render import (
     Acquisition,
     Warp,
     add_noise,
     expose,
     noise_field,
-    sample_acquisition,
     study_attenuation,
     study_ctr,
 )
 from progemu.synth.static import StaticLayers, static_layers
-from progemu.synth.vocabulary import FINDING_KEYS, FINDINGS, SEVERITIES, chexpert_labels
+from progemu.synth.vocabulary import FINDING_KEYS, chexpert_labels
 
 GENERATOR_VERSION = "synthcxr-1.0"
-PAIRS_PER_PATIENT = 2
-SPLIT_WEIGHTS = (("train", 0.8), ("validate", 0.1), ("test", 0.1))
 CHANGE_THRESHOLD = 1.0 / 255  # a pixel belongs to the change mask when the noise-free images differ by more
-
-
-@dataclass
-class Study:
-    """One study of a patient: its findings and how it was acquired."""
-
-    index: int
-    day: int
-    findings: dict[str, FindingState]
-    acquisition: Acquisition
-
-
-@dataclass
-class PatientHistory:
-    patient: Patient
-    split: str
-    studies: list[Study]
 
 
 @dataclass
@@ -91,88 +72,6 @@ class SynthPair:
     @property
     def attributes(self) -> dict[str, object]:
         return {"sex": self.patient.sex, "age_group": self.patient.age_group, "age": self.patient.age}
-
-
-FOCAL = ("consolidation", "atelectasis", "nodule")  # findings that must not overlap one another
-
-
-def _new_state(key: str, rng: np.random.Generator, others: dict[str, FindingState]) -> FindingState:
-    """A new finding with random severity and place; focal findings avoid places other focal ones hold."""
-    spec = FINDINGS[key]
-    sev = SEVERITIES[int(rng.integers(1, 4))]
-    taken = {(st.side, st.zone) for k, st in others.items() if k in FOCAL and k != key}
-    places = [(side, zone) for side in (("right", "left") if spec.lateral else (None,))
-              for zone in (spec.zones or (None,)) if key not in FOCAL or (side, zone) not in taken]
-    side, zone = places[int(rng.integers(len(places)))]
-    return FindingState(key, sev, side, zone)
-
-
-def visible(p: Patient, states: dict[str, FindingState], size: int = 64) -> bool:
-    """Whether every focal finding shows: not hidden behind the heart, an effusion or another opacity."""
-    focal = [k for k in states if k in FOCAL]
-    if not focal:
-        return True
-    layers = render_findings(p, states, lung_fields(p, study_ctr(p, states), size), size)
-    for key in focal:
-        st = states[key]
-        own = layers.masks[key]
-        if key == "nodule":  # a nodule inside another opacity is not seen
-            others = {k: v for k, v in states.items() if k not in ("nodule", "cardiomegaly", "pneumothorax")}
-            if others:
-                rest = render_findings(p, others, lung_fields(p, study_ctr(p, states), size), size)
-                own = own & (np.clip(rest.fill[st.side], 0, 1) < 0.4)
-        if own.sum() < 3:
-            return False
-    return True
-
-
-def _next_findings(p: Patient, cur: dict[str, FindingState], rng: np.random.Generator) -> dict[str, FindingState]:
-    """The next study's findings: 0 to 3 findings change (new, resolved, worsened, improved), all visible."""
-    for _ in range(20):
-        nxt = _draw_next(cur, rng)
-        if visible(p, nxt):
-            return nxt
-    return dict(cur)
-
-
-def _draw_next(cur: dict[str, FindingState], rng: np.random.Generator) -> dict[str, FindingState]:
-    n = int(rng.choice(4, p=(0.15, 0.55, 0.22, 0.08)))
-    nxt = dict(cur)
-    for key in rng.choice(FINDING_KEYS, size=n, replace=False):
-        key = str(key)
-        st = cur.get(key)
-        if st is None:
-            nxt[key] = _new_state(key, rng, nxt)
-            continue
-        level = SEVERITIES.index(st.severity)
-        moves = ["resolved"] + (["worsened"] if level < 3 else []) + (["improved"] if level > 1 else [])
-        move = moves[int(rng.integers(len(moves)))]
-        if move == "resolved":
-            del nxt[key]
-        else:
-            step = 1 if move == "worsened" else -1
-            new_level = int(np.clip(level + step * int(rng.integers(1, 3)), 1, 3))
-            nxt[key] = FindingState(key, SEVERITIES[new_level], st.side, st.zone)
-    return nxt
-
-
-def diff_findings(a: dict[str, FindingState], b: dict[str, FindingState]) -> tuple[list[Change], list[FindingState]]:
-    """Changes from a to b (in vocabulary order) and the findings present unchanged in both."""
-    changes, stable = [], []
-    for key in FINDING_KEYS:
-        x, y = a.get(key), b.get(key)
-        if x is None and y is None:
-            continue
-        if x is None:
-            changes.append(Change(key, "new", None, y))
-        elif y is None:
-            changes.append(Change(key, "resolved", x, None))
-        elif x.severity == y.severity:
-            stable.append(y)
-        else:
-            kind = "worsened" if SEVERITIES.index(y.severity) > SEVERITIES.index(x.severity) else "improved"
-            changes.append(Change(key, kind, x, y))
-    return changes, stable
 
 
 def _hex_id(*parts: object) -> str:
@@ -218,37 +117,10 @@ class SynthCXR:
     def history(self, patient_index: int) -> PatientHistory:
         """Identity, split and all studies of one patient (cheap: no images; cached)."""
         if patient_index not in self._hist:
-            self._hist[patient_index] = self._draw_history(patient_index)
+            self._hist[patient_index] = draw_history(self.seed, patient_index)
             while len(self._hist) > 8:
                 self._hist.popitem(last=False)
         return self._hist[patient_index]
-
-    def _draw_history(self, patient_index: int) -> PatientHistory:
-        rng = np.random.default_rng([self.seed, patient_index, 7])
-        patient = sample_patient(patient_index, rng)
-        u, acc, split = rng.random(), 0.0, "train"
-        for name, w in SPLIT_WEIGHTS:
-            acc += w
-            if u < acc:
-                split = name
-                break
-        n0 = int(rng.choice(4, p=(0.3, 0.35, 0.25, 0.1)))
-        findings: dict[str, FindingState] = {}
-        for _ in range(20):
-            findings = {}
-            for k in rng.choice(FINDING_KEYS, size=n0, replace=False):
-                findings[str(k)] = _new_state(str(k), rng, findings)
-            if visible(patient, findings):
-                break
-        else:
-            findings = {}
-        day = int(rng.integers(0, 3000))
-        studies = [Study(0, day, findings, sample_acquisition(rng))]
-        for j in range(1, PAIRS_PER_PATIENT + 1):
-            findings = _next_findings(patient, findings, rng)
-            day += int(rng.integers(1, 180))
-            studies.append(Study(j, day, findings, sample_acquisition(rng)))
-        return PatientHistory(patient, split, studies)
 
     def _cached_static(self, p: Patient) -> StaticLayers:
         if p.pid not in self._static:

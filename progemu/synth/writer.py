@@ -15,8 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import textwrap
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from progemu.synth.pairs import GENERATOR_VERSION, PAIRS_PER_PATIENT, SynthCXR, SynthPair
+from progemu.synth.history import PAIRS_PER_PATIENT
+from progemu.synth.pairs import GENERATOR_VERSION, SynthCXR, SynthPair
 from progemu.synth.vocabulary import FINDING_KEYS
 
 ICG_DIR = Path("icg-cxr") / "synthcxr" / "pa"
@@ -174,7 +177,9 @@ def write_dataset(out: str | Path, pairs: int, size: int = 128, seed: int = 0, p
     step = PAIRS_PER_PATIENT * max(1, min(16, -(-per_worker // PAIRS_PER_PATIENT)))
     chunks = [(str(out), size, seed, list(range(a, min(a + step, pairs)))) for a in range(0, pairs, step)]
     if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # fork on Linux: workers start at once instead of re-importing the package (and torch) each.
+        ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             results = list(pool.map(_work, chunks))
     else:
         results = [_work(c) for c in chunks]
