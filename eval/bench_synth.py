@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -15,22 +16,29 @@ import time
 from progemu.synth import SynthCXR, write_dataset
 
 
-def bench_memory(pairs: int, size: int) -> float:
-    """Seconds to generate ``pairs`` pairs in memory, one process."""
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children: on a shared machine it shows what
+    the work costs when the cores are free (wall time there is about CPU time / workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bench_memory(pairs: int, size: int) -> tuple[float, float]:
+    """(wall, CPU) seconds to generate ``pairs`` pairs in memory, one process."""
     gen = SynthCXR(size=size, seed=0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     for i in range(pairs):
         gen.pair(i)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def bench_write(pairs: int, size: int, workers: int, root: str) -> float:
-    """Seconds for ``write_dataset`` (both layouts, PNGs, csv, manifest) into a fresh folder."""
+def bench_write(pairs: int, size: int, workers: int, root: str) -> tuple[float, float]:
+    """(wall, CPU) seconds for ``write_dataset`` (both layouts, PNGs, csv, manifest) into a fresh folder."""
     out = os.path.join(root, f"synth-{size}-{workers}")
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     manifest = write_dataset(out, pairs, size=size, seed=0, workers=workers)
-    took = time.perf_counter() - t0
+    took = time.perf_counter() - t0, cpu_seconds() - c0
     if manifest["failures"]:
         raise SystemExit(f"{len(manifest['failures'])} pairs failed: {manifest['failures'][:3]}")
     shutil.rmtree(out, ignore_errors=True)
@@ -46,14 +54,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temporary folder)")
     args = ap.parse_args(argv)
     root = args.tmp or tempfile.mkdtemp(prefix="bench-synth-")
-    print(f"{'mode':<16}{'size':>6}{'workers':>9}{'pairs':>8}{'seconds':>10}{'pairs/s':>10}")
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'mode':<16}{'size':>6}{'workers':>9}{'pairs':>8}{'wall s':>9}{'pairs/s':>9}{'CPU s':>9}{'ms CPU/pair':>13}")
+
+    def row(mode: str, size: int, w: int, n: int, wall: float, cpu: float) -> None:
+        print(f"{mode:<16}{size:>6}{w:>9}{n:>8}{wall:>9.2f}{n / wall:>9.1f}{cpu:>9.2f}{1e3 * cpu / n:>13.1f}")
+
     try:
         for size in args.sizes:
-            took = bench_memory(args.memory_pairs, size)
-            print(f"{'in memory':<16}{size:>6}{1:>9}{args.memory_pairs:>8}{took:>10.2f}{args.memory_pairs / took:>10.1f}")
+            row("in memory", size, 1, args.memory_pairs, *bench_memory(args.memory_pairs, size))
             for w in args.workers:
-                took = bench_write(args.pairs, size, w, root)
-                print(f"{'write_dataset':<16}{size:>6}{w:>9}{args.pairs:>8}{took:>10.2f}{args.pairs / took:>10.1f}")
+                row("write_dataset", size, w, args.pairs, *bench_write(args.pairs, size, w, root))
     finally:
         if args.tmp is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -83,11 +83,14 @@ def common_flags(a: argparse.Namespace, shards: Path, proc: Path, out: Path) -> 
 
 def train_once(flags: list[str]) -> dict[str, float]:
     """One in-process run; median tokens/s and step time after the warm-up steps."""
+    from accelerate.state import AcceleratorState
+
     from train.config import parse_config
     from train.data import Collator, build_dataset, load_split, processor_builder
     from train.engine import make_trainer
     from train.run import build_model, load_processor
 
+    AcceleratorState._reset_state(reset_partial_state=True)  # each run sets its own precision
     m, d, args = parse_config(flags)
     rows = load_split(d.shards, d.train_split)
     proc = load_processor(m, d, rows)
@@ -107,7 +110,8 @@ def train_once(flags: list[str]) -> dict[str, float]:
     tps = statistics.median(h["tokens_per_second"] for h in logs[warm:])
     real = ds.real_tokens() / (len(ds) * d.max_length)
     return {"tokens_per_second": tps, "step_s": statistics.median(timer.times[warm:]), "real_token_share": real,
-            "final_loss": logs[-1]["loss"], "peak_mem_gib": peak_mem_gib()}
+            "final_loss": logs[-1]["loss"], "peak_mem_gib": peak_mem_gib(),
+            "precision": str(trainer.accelerator.mixed_precision), "attention": model.config._attn_implementation}
 
 
 def peak_mem_gib() -> float:
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     results["baseline"] = train_once([*base, "--packing", "pad_max", "--precision", "fp32", "--deepspeed", "none"])
     results["pipeline"] = train_once([*base, "--packing", "pack", "--precision", "bf16", "--deepspeed", "none"])
     results["speedup"] = results["pipeline"]["tokens_per_second"] / results["baseline"]["tokens_per_second"]
+    print(json.dumps(results), flush=True)
     if not a.skip_zero:
         ranks = a.zero_ranks or (torch.cuda.device_count() or 2)
         zero = {}
@@ -159,7 +164,10 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                    str(Path(__file__).resolve()), "--zero-worker", str(stage), str(out),
                    *common_flags(a, shards, proc, work / f"z{stage}"), "--packing", "pack", "--precision", "bf16"]
-            subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+            proc_ = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+            if proc_.returncode != 0 or not out.is_file():
+                print(f"ZeRO-{stage} run failed:\n{proc_.stderr[-3000:]}", file=sys.stderr)
+                continue
             zero[f"zero{stage}"] = json.loads(out.read_text())
         results["zero"] = {"ranks": ranks, **zero}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

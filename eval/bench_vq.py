@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     model = model.to(device).eval()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"device: {name}; batch {args.batch}; medians of {args.repeats}; bf16={args.bf16}")
-    print(f"| size | grid | encode img/s | decode img/s |\n|---|---|---|---|")
+    print("| size | grid | encode img/s | decode img/s |\n|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         r = bench(model, size, args.batch, args.repeats, device, args.bf16)
         print(f"| {r['size']} | {r['grid']}x{r['grid']} | {r['encode_img_s']:.1f} | {r['decode_img_s']:.1f} |")

@@ -132,13 +132,18 @@ class EvalItem:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def prompted_findings(self) -> dict[str, float]:
-        """{finding: follow-up state} for the findings whose label the prompt changes (prior != follow-up)."""
-        out = {}
+        """{finding: follow-up state} for the findings the prompt changes: labels that differ between prior and
+        follow-up and that the prompt names (the labeler reads it); all differing labels where it names none
+        (parent labels such as Lung Opacity change along with their child but are rarely named)."""
+        from eval.labeler import label_text
+
+        changed = {}
         for name in CHEXPERT_LABELS:
             a, b = self.prior_labels.get(name), self.target_labels.get(name)
             if a in (0.0, 1.0) and b in (0.0, 1.0) and a != b and name != "No Finding":
-                out[name] = float(b)
-        return out
+                changed[name] = float(b)
+        named = set(label_text(self.prompt).findings)
+        return {k: v for k, v in changed.items() if k in named} or changed
 
 
 def _mask_path(rec: CXRRecord) -> Path | None:

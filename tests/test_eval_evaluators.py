@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
         # two pairs per patient: disjoint index ranges are disjoint patients
         train = ImageTable.from_synth([gen.pair(i) for i in range(300)])
         held = ImageTable.from_synth([gen.pair(i) for i in range(300, 420)])
-        evs = train_all(train, held, size=SIZE, epochs=6, width=16, log=lambda s: None)
+        evs = train_all(train, held, size=SIZE, epochs=6, width=16, log=lambda s: None, attribute_epochs=4)
         yield evs, held, tmp_path_factory.mktemp("ev")
     finally:
         torch.set_num_threads(threads)

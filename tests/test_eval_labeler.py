@@ -78,3 +78,20 @@ def test_lines_that_are_not_devices():
     r = label_text("Septal (Kerley B) lines at the lung bases. A thin visceral pleural line at the left apex.")
     assert "Support Devices" not in r.findings
     assert label_text("Right internal jugular central venous line in place.").findings["Support Devices"] == POSITIVE
+
+
+def test_agrees_with_synthcxr_labels():
+    """On SynthCXR texts (reports, prompts, interpretations) the labeler's positive findings match the follow-up
+    labels (parent labels aside, which the texts rarely name)."""
+    from progemu.synth import SynthCXR
+
+    gen, agree, total = SynthCXR(size=64, seed=5), 0, 0
+    for i in range(40):
+        p = gen.pair(i)
+        for text in (p.interpretation, p.prompt, f"{p.target_report.findings} {p.target_report.impression}"):
+            for finding, status in label_text(text).findings.items():
+                if finding in ("No Finding", "Lung Opacity", "Enlarged Cardiomediastinum"):
+                    continue
+                total += 1
+                agree += (status == POSITIVE) == (p.target_labels.get(finding) == 1.0)
+    assert total > 50 and agree / total >= 0.97, (agree, total)

@@ -183,3 +183,11 @@ def test_read_generated_reasons(tmp_path):
         load_guidance(tmp_path / "bad.npy")
     with pytest.raises(ProgEmuError, match="not found"):
         read_generated(tmp_path / "missing", ["a"])
+
+
+def test_cli_needs_outputs_or_model(evaluated, capsys):
+    from eval.evaluate import main
+
+    tmp, _ = evaluated
+    assert main(["--data", str(tmp / "data"), "--out", str(tmp / "cli"), "--evaluators", str(tmp / "evaluators")]) == 2
+    assert "--generated" in capsys.readouterr().err

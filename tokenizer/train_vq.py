@@ -93,20 +93,25 @@ def build(cfg: VQTrainConfig, resume_dir: Path | None, device: torch.device):
             disc.load_state_dict(load_file(str(resume_dir / "disc.safetensors"), device=str(device)))
             if state["opt_d"] is not None:
                 opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["cpu_rng"])
         step = int(state["step"])
-    return model, disc, opt, opt_d, step
+        rng = state["cpu_rng"]
+    else:
+        rng = None
+    return model, disc, opt, opt_d, step, rng
 
 
 def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool | None = None,
-          progress: bool = True) -> dict:
-    """Run (or resume) training into ``out``; returns the final validation metrics (rank 0) or {}."""
+          progress: bool = True, stop_at: int | None = None) -> dict:
+    """Run (or resume) training into ``out``; returns the final validation metrics (rank 0) or {}.
+
+    ``stop_at``: leave after that step with a checkpoint (a time-sliced job; the next call resumes there).
+    """
     out = Path(out)
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed + rank)
     bf16 = device.type == "cuda" if bf16 is None else bf16
     ckpt = out / "checkpoint"
-    model, disc, opt, opt_d, start = build(cfg, ckpt if resume and (ckpt / "state.pt").exists() else None, device)
+    model, disc, opt, opt_d, start, rng = build(cfg, ckpt if resume and (ckpt / "state.pt").exists() else None, device)
     raw = model
     if world > 1:  # the VQ codebook syncs its own EMA buffers across ranks (sync_codebook), so no broadcast
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
@@ -124,7 +129,10 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
     bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not progress, desc="vq", dynamic_ncols=True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     step = start
-    for x in loader:
+    batches = iter(loader)  # creating the iterator draws from the RNG: restore the saved state after it
+    if rng is not None:
+        torch.set_rng_state(rng)
+    for x in batches:
         x = x.to(device, non_blocking=True)  # (B, 1, S, S) in [-1, 1]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -161,7 +169,7 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
         if rank == 0:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "loss": float(loss), **{k: float(v.detach()) for k, v in terms.items()},
+                row = {"step": step, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
                        "lr": lr_at(step - 1, cfg), **usage.stats()}
                 usage.reset()
                 log.write(json.dumps(row) + "\n")
@@ -169,12 +177,18 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
                 bar.set_postfix(loss=f"{row['loss']:.4f}", l1=f"{row['l1']:.4f}", use=f"{row['usage']:.2f}")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 log.write(json.dumps({"step": step, "eval": validate(raw, cfg, device)}) + "\n")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        if step % cfg.save_every == 0 or step == cfg.steps or step == stop_at:
             if rank == 0:
                 save_checkpoint(out, step, raw, getattr(disc, "module", disc), opt, opt_d, cfg)
             if world > 1:
                 dist.barrier()
+        if step == stop_at:
+            break
     bar.close()
+    if step < cfg.steps:  # stopped early: the checkpoint holds the run
+        if rank == 0:
+            log.close()
+        return {}
     metrics: dict = {}
     if rank == 0:
         raw.eval().save_pretrained(out)
@@ -207,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (SynthCXR is generated on CPU)")
     ap.add_argument("--quantizer", default=None, help="override the preset's quantizer: vq, fsq, lfq")
     ap.add_argument("--model-json", default=None, help="JSON dict of ProgEmuVQConfig overrides")
+    ap.add_argument("--stop-at", type=int, default=None, help="stop after this step with a checkpoint (resume later)")
     ap.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint exists")
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on GPUs)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -216,14 +232,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)
-    changes = {k: getattr(args, k) for k in ("data", "data_format", "steps", "batch_size", "lr")
+    changes = {k: getattr(args, k) for k in ("data", "data_format", "steps", "batch_size", "lr", "num_workers")
                if getattr(args, k) is not None}
     model = json.loads(args.model_json) if args.model_json else {}
     if args.quantizer:
         model["quantizer"] = args.quantizer
     cfg = cfg.replace(model=model, **changes)
     bf16 = {"auto": None, "on": True, "off": False}[args.bf16]
-    metrics = train(cfg, args.out or f"runs/vq-{args.preset}", resume=not args.no_resume, bf16=bf16)
+    metrics = train(cfg, args.out or f"runs/vq-{args.preset}", resume=not args.no_resume, bf16=bf16,
+                    stop_at=args.stop_at)
     if metrics:
         print(json.dumps(metrics))
     if dist.is_initialized():

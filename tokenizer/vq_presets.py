@@ -50,13 +50,13 @@ class VQTrainConfig:
 # 4x4 pixel-unshuffle then two conv levels: no full-resolution feature maps, the cheapest f8 that trains on a CPU
 _TINY_MODEL = dict(patch_size=4, base_channels=64, channel_multipliers=[1, 2], encoder_res_blocks=1, decoder_res_blocks=1,
                    embed_dim=64, quantizer="vq", codebook_size=512, codebook_dim=16, vq_decay=0.9,
-                   vq_kmeans_init=True, vq_use_cosine_sim=True, vq_threshold_ema_dead_code=1.0,
+                   vq_kmeans_init=True, vq_use_cosine_sim=False, vq_threshold_ema_dead_code=1.0,
                    vq_commitment_weight=0.25, image_size=128)
 
 PRESETS: dict[str, VQTrainConfig] = {
-    "tiny": VQTrainConfig(model=_TINY_MODEL, image_size=128, batch_size=16, steps=700, lr=2e-3, save_every=100),
+    "tiny": VQTrainConfig(model=_TINY_MODEL, image_size=128, batch_size=16, steps=1200, lr=2e-3, save_every=100),
     "tiny-f16": VQTrainConfig(model={**_TINY_MODEL, "channel_multipliers": [1, 2, 4]}, image_size=128,
-                              batch_size=16, steps=700, lr=2e-3, save_every=100),
+                              batch_size=16, steps=1200, lr=2e-3, save_every=100),
     "base": VQTrainConfig(
         model=dict(base_channels=128, channel_multipliers=[1, 1, 2, 2, 4], encoder_res_blocks=2, decoder_res_blocks=3,
                    embed_dim=256, quantizer="vq", codebook_size=1024, codebook_dim=32, vq_decay=0.99,

@@ -64,33 +64,18 @@ def read_run_info(ckpt: Path) -> dict[str, Any]:
     return info
 
 
-def model_card(config: Any, n_params: int, info: dict[str, Any]) -> str:
+def card_sections(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(data, training) tables of the model card from the run's config and last log."""
     run = info.get("run", {})
     data, model = run.get("data", {}), run.get("model", {})
-    final = info.get("final_log", {})
-    text_cfg = getattr(config, "text_config", config)
-    lines = [
-        "---", "library_name: transformers", "tags: [progemu, chest-x-ray, counterfactual, autoregressive]",
-        "license: apache-2.0", "---", "",
-        f"# {run.get('stage', 'ProgEmu')} checkpoint ({config.model_type})", "",
-        "A decoder-only transformer that reads and writes interleaved text and VQ image tokens "
-        "(progemu). Load with `import progemu` then `AutoModelForCausalLM.from_pretrained` and "
-        "`AutoProcessor.from_pretrained` on this folder.", "",
-        "## Configuration",
-        f"- parameters: {n_params / 1e6:.2f} M; layers {getattr(text_cfg, 'num_hidden_layers', '?')}, "
-        f"hidden {getattr(text_cfg, 'hidden_size', '?')}, vocabulary {getattr(text_cfg, 'vocab_size', '?')}",
-        f"- model preset / initialisation: {model.get('model_preset', '?')} / {model.get('init_from') or 'random'}",
-        "", "## Data",
-        f"- code shards: `{data.get('shards', '?')}` (split `{data.get('train_split', 'train')}`), "
-        f"tasks {data.get('tasks', '?')}, loss mask `{data.get('loss_mask', '?')}`, packing `{data.get('packing', '?')}`",
-        "", "## Training",
-        f"- steps: {info.get('global_step', '?')}; last logged losses: "
-        + (", ".join(f"{k} {v}" for k, v in final.items() if k != "step") or "n/a"),
-        "", "## Limits",
-        "Research code. Trained on whatever data the run was given (by default SynthCXR, a synthetic data set): "
-        "not a medical device, not validated for clinical use.", "",
-    ]
-    return "\n".join(lines)
+    data_rows = {"code shards": f"`{data.get('shards', '?')}` (split `{data.get('train_split', 'train')}`)",
+                 "tasks": ", ".join(data.get("tasks", [])) or "?", "loss mask": data.get("loss_mask", "?"),
+                 "packing": data.get("packing", "?"), "max length": data.get("max_length", "?")} if data else {}
+    training = {"stage": run.get("stage", "?"), "initialised from": model.get("init_from") or
+                f"random ({model.get('model_preset', '?')} preset)", "DeepSpeed config": Path(
+                    run["deepspeed"]).name if run.get("deepspeed") else "none", "steps": info.get("global_step", "?")}
+    training.update({f"last {k.replace('_', ' ')}": v for k, v in info.get("final_log", {}).items() if k != "step"})
+    return data_rows, training
 
 
 def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
@@ -127,8 +112,11 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
             shutil.copy2(item, tmp / item.name)
         elif item.is_dir():
             shutil.copytree(item, tmp / item.name)
-    n_params = sum(p.numel() for p in model.parameters())
-    (tmp / "README.md").write_text(model_card(config, n_params, read_run_info(ckpt)))
+    from progemu.model_card import write_model_card
+
+    data_rows, training = card_sections(read_run_info(ckpt))
+    write_model_card(tmp, num_parameters=sum(p.numel() for p in model.parameters()), data=data_rows or None,
+                     training=training)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -33,6 +33,9 @@ BUILDERS = {
     "data/shards-128": [sys.executable, "-m", "tokenizer.encode_dataset"],
 }
 NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["data/synthcxr-128"]}
+# the file that exists once a builder has finished (a half-written folder does not count)
+DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "config.json", "runs/text-tokenizer": "tokenizer.json",
+        "data/shards-128": "train"}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -42,7 +45,7 @@ def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
 
 def ensure(path: str) -> None:
     """Build a documented default input (and what it needs) when it is missing."""
-    if (REPO / path).exists() or path not in BUILDERS:
+    if path not in BUILDERS or (REPO / path / DONE[path]).exists():
         return
     for dep in NEEDS.get(path, []):
         ensure(dep)
@@ -89,11 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     config = a.config or default
     values = yaml.safe_load(Path(resolve_path(config, CONFIG_DIR, ".yaml")).read_text()) or {}
     rest = [x for x in a.rest if x != "--"]
+    for i, flag in enumerate(rest[:-1]):  # command-line overrides of the input paths
+        if flag.lstrip("-") in ("shards", "processor", "text_tokenizer", "vq", "init_from"):
+            values[flag.lstrip("-")] = rest[i + 1]
     for key in ("shards", "text_tokenizer", "vq"):
         if "processor" not in values or key == "shards":
             ensure(str(values.get(key, "")))
     init = values.get("init_from")
-    if a.stage == "finetune" and init == "runs/pretrain-tiny/final" and not (REPO / init).exists():
+    if a.stage == "finetune" and init == "runs/pretrain-tiny/final" and not (REPO / init / "config.json").exists():
         print(f"{init} is missing: running the tiny pretrain stage first", flush=True)
         main(["pretrain", *(["--ngpus", str(a.ngpus)] if a.ngpus else [])])
     run_args = ["--config", config, *(["--resume_from_checkpoint", "auto"] if a.resume else []), *rest]

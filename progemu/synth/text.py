@@ -14,7 +14,7 @@ import numpy as np
 
 from progemu.data.records import Report
 from progemu.synth.findings import Change, FindingState
-from progemu.synth.vocabulary import FINDINGS, severity_index
+from progemu.synth.vocabulary import FINDINGS, location_phrase, severity_index
 
 NEW_VERBS: tuple[str, ...] = ("has developed", "has appeared", "new")  # the prompt's words for an appearing finding
 NO_CHANGE = ("No significant interval change.", "No significant change compared with the prior study.",
@@ -38,11 +38,7 @@ def where(st: FindingState) -> str:
     """A located phrase starting with a preposition, or "" for the heart."""
     if st.key == "cardiomegaly":
         return ""
-    if st.key == "edema":
-        return " in both perihilar regions"
-    if st.key == "pneumothorax":
-        return f" at the {st.side} apex"
-    return f" in the {st.side} {st.zone} lung"
+    return f" {'at' if st.key == 'pneumothorax' else 'in'} the {location_phrase(st.key, st.side, st.zone)}"
 
 
 def size_word(st: FindingState) -> str:

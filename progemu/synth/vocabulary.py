@@ -89,11 +89,11 @@ def chexpert_labels(findings: dict[str, str], devices: tuple[str, ...] = ()) -> 
 
 
 def location_phrase(key: str, side: str | None, zone: str | None) -> str:
-    """Where a finding sits, in words: "left lower lung", "right apex", "heart", "bilateral perihilar"."""
+    """Where a finding sits, in words: "left lower lung", "right apex", "heart", "both perihilar regions"."""
     if key == "cardiomegaly":
         return "heart"
     if key == "edema":
-        return "bilateral perihilar lungs"
+        return "both perihilar regions"
     if key == "pneumothorax":
         return f"{side} apex"
     if key == "pleural_effusion":
