@@ -212,8 +212,8 @@ class ProgEmuVQPreTrainedModel(PreTrainedModel):
                 fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
                 init.uniform_(module.bias, -bound, bound)
-        elif type(module).__name__ in ("FSQ", "LFQ"):
-            # from_pretrained allocates non-saved buffers (FSQ levels / implicit codebook, LFQ bit masks) empty; the
+        elif type(module).__name__ in ("VectorQuantize", "FSQ", "LFQ"):
+            # from_pretrained allocates non-saved buffers (VQ loss zero, FSQ levels, LFQ bit masks) empty; the
             # library's constructor is the one place that knows their values, so copy them from a fresh build
             fresh = Quantizer(self.config).q
             persistent = set(module.state_dict(keep_vars=True))

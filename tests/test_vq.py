@@ -71,11 +71,18 @@ def test_save_load_identical(quantizer, tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), ProgEmuVQConfig)
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, ProgEmuVQModel) and not loaded.training
+    # every buffer, the unsaved ones too (from_pretrained allocates those empty), matches the saved model
+    mine = dict(model.named_buffers())
+    for name, buf in loaded.named_buffers():
+        assert torch.equal(buf, mine[name]), name
     x = images(4)
     with torch.no_grad():
         codes = model.encode(x)
         assert torch.equal(loaded.encode(x), codes)
         assert torch.equal(loaded.decode(codes), model.decode(codes))
+        loaded.train()
+        model.train()
+        assert torch.allclose(loaded(x).aux_loss, model(x).aux_loss)  # the training loss resumes where it was
 
 
 def test_config_round_trip_and_errors():
