@@ -81,7 +81,7 @@ def common_flags(a: argparse.Namespace, shards: Path, proc: Path, out: Path) -> 
             "--gradient_checkpointing", "false", "--dataloader_num_workers", "0"]
 
 
-def train_once(flags: list[str]) -> dict[str, float]:
+def train_once(flags: list[str], fresh_process: bool = False) -> dict[str, float]:
     """One in-process run; median tokens/s and step time after the warm-up steps."""
     from accelerate.state import AcceleratorState
 
@@ -110,20 +110,21 @@ def train_once(flags: list[str]) -> dict[str, float]:
     tps = statistics.median(h["tokens_per_second"] for h in logs[warm:])
     real = ds.real_tokens() / (len(ds) * d.max_length)
     return {"tokens_per_second": tps, "step_s": statistics.median(timer.times[warm:]), "real_token_share": real,
-            "final_loss": logs[-1]["loss"], "peak_mem_gib": peak_mem_gib(),
+            "final_loss": logs[-1]["loss"], "peak_mem_gib": peak_mem_gib(fresh_process),
             "precision": str(trainer.accelerator.mixed_precision), "attention": model.config._attn_implementation}
 
 
-def peak_mem_gib() -> float:
+def peak_mem_gib(fresh_process: bool) -> float | None:
+    """GPU: peak allocated by this run. CPU: the process's peak RSS, meaningful only in a process of its own."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process peak RSS)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if fresh_process else None  # KiB -> GiB
 
 
 def zero_worker(argv: list[str]) -> None:
     """Runs under torchrun: ``--zero-worker STAGE OUT_JSON FLAGS...``."""
     stage, out, flags = argv[0], argv[1], argv[2:]
-    res = train_once([*flags, "--deepspeed", f"zero{stage}"])
+    res = train_once([*flags, "--deepspeed", f"zero{stage}"], fresh_process=True)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(out).write_text(json.dumps(res))
 
@@ -180,8 +181,8 @@ def print_table(r: dict) -> None:
     print("| run | real tokens/s | step (s) | real-token share | peak memory (GiB) |\n| --- | --- | --- | --- | --- |")
     for k in ("baseline", "pipeline"):
         v = r[k]
-        print(f"| {k} | {v['tokens_per_second']:.0f} | {v['step_s']:.3f} | {v['real_token_share']:.2f} | "
-              f"{v['peak_mem_gib']:.2f} |")
+        mem = "n/a (CPU, shared process)" if v["peak_mem_gib"] is None else f"{v['peak_mem_gib']:.2f}"
+        print(f"| {k} | {v['tokens_per_second']:.0f} | {v['step_s']:.3f} | {v['real_token_share']:.2f} | {mem} |")
     print(f"speed-up (real tokens/s): {r['speedup']:.2f}x")
     if "zero" in r:
         print(f"\n| ZeRO stage ({r['zero']['ranks']} ranks) | step (s) | tokens/s | peak memory per rank (GiB) |")

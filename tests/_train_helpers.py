@@ -56,16 +56,13 @@ def make_processor(out: Path) -> Path:
     return out
 
 
-def torchrun(nproc: int, module: str, args: list[str], cwd: Path = REPO, timeout: int = 240,
-             port: int | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m torch.distributed.run ... -m module args`` on loopback with one thread per rank."""
+def torchrun(nproc: int, module: str, args: list[str], cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run ``python -m torch.distributed.run --standalone ...`` (loopback, a free port) with one thread per rank."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions")),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    port = port or random.Random(os.getpid() + nproc).randrange(20000, 40000)
     target = [module] if module.endswith(".py") else ["-m", module]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={port}", *target, *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

@@ -1,7 +1,7 @@
 """Train the chest X-ray VQ tokenizer (ProgEmuVQModel).
 
 Run:
-    python -m tokenizer.train_vq --preset tiny --out runs/vq-tiny                    # CPU, minutes, SynthCXR 128 px
+    python -m tokenizer.train_vq --preset tiny --out runs/vq-tiny       # SynthCXR 128 px: ~1 min on a GPU, ~30+ min on 2 CPU cores
     torchrun --nproc_per_node=8 -m tokenizer.train_vq --preset base --data DIR --out runs/vq-base   # GPUs, bf16
     (multi-node: torchrun --nnodes=N --node_rank=R --rdzv_endpoint=HOST:PORT ...; same flags)
 
