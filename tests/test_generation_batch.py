@@ -9,6 +9,7 @@ from PIL import Image
 
 from progemu.cli import main
 from progemu.generation import CounterfactualPipeline, DecodeOptions, GenerationItem, PipelineOptions
+from progemu.generation.region import anatomy_map, coverage_grid
 from tests._gen_helpers import make_model_dir
 
 
@@ -96,10 +97,17 @@ def test_pipeline_region_keeps_prior_codes_outside(pipe):
     for r in res:
         assert r.edit_mask.shape == (lay.grid_h, lay.grid_w) and int(r.edit_mask.sum()) == 1
         assert torch.equal(r.codes[~r.edit_mask], codes[~r.edit_mask])
-    auto = pipe([GenerationItem("y", image=prior, prompt="cardiomegaly is unchanged.")],
-                PipelineOptions(region="auto", tau=0.5, dilate=0, decode=DecodeOptions(max_text_tokens=2)))[0]
-    assert auto.region["source"] == "auto" and 1 <= int(auto.edit_mask.sum()) <= lay.grid_h * lay.grid_w
-    assert torch.equal(auto.codes[~auto.edit_mask], codes[~auto.edit_mask])
+    prompt = "moderate left pleural effusion has developed."
+    cov = coverage_grid(anatomy_map("pleural_effusion", 32, "left"), lay.grid_h, lay.grid_w)
+    anat = pipe([GenerationItem("z", image=prior, prompt=prompt)],
+                PipelineOptions(region="anatomy", dilate=0, decode=DecodeOptions(max_text_tokens=2)))[0]
+    assert anat.region["finding"] == "pleural_effusion" and anat.region["laterality"] == "left"
+    assert torch.equal(anat.edit_mask, cov > 0.5)
+    auto = pipe([GenerationItem("y", image=prior, prompt=prompt)],
+                PipelineOptions(region="auto", tau=0.2, dilate=0, decode=DecodeOptions(max_text_tokens=2)))[0]
+    assert auto.region["source"] == "auto" and not (auto.edit_mask & (cov == 0)).any()  # G = R x anatomy
+    for r in (anat, auto):
+        assert torch.equal(r.codes[~r.edit_mask], codes[~r.edit_mask])
 
 
 def test_report_to_image_and_image_to_report(pipe):

@@ -72,11 +72,15 @@ class CounterfactualGenerator:
         cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         return getattr(cfg, "max_position_embeddings", None)
 
-    def _scores(self, logits: torch.Tensor, who: torch.Tensor, b: int, scale: float, cfg_rows: bool) -> torch.Tensor:
-        """(R, V') logits -> (len(who), V') guided log-probs for the items ``who`` (uncond rows at b + i)."""
-        cond = logits[who]
-        uncond = logits[who + b] if cfg_rows else cond
-        return cfg_combine(cond, uncond, scale if cfg_rows else 1.0)
+    @staticmethod
+    def _scores(stream: TokenStream, lo: int, hi: int, who: torch.Tensor, b: int, scale: float,
+                cfg_rows: bool) -> torch.Tensor:
+        """(len(who), hi - lo) guided log-probs over ids [lo, hi) for the items ``who`` (uncond rows at b + i)."""
+        if not cfg_rows:
+            return cfg_combine(stream.logits(lo, hi, who), None, 1.0)
+        both = stream.logits(lo, hi, torch.cat([who, who + b]))  # (2n, hi - lo): one head call for both branches
+        n = who.shape[0]
+        return cfg_combine(both[:n], both[n:], scale)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], *, null_prompts: list[list[int]] | None = None,
@@ -172,7 +176,7 @@ class CounterfactualGenerator:
                     pending.clear()
                 who_cpu = (plan[:, t] < 0).nonzero().flatten()
                 who = who_cpu.to(stream.device)
-                scores = self._scores(stream.logits[:, lo:hi], who, b, scale, reps == 2)  # (n, K) codes only
+                scores = self._scores(stream, lo, hi, who, b, scale, reps == 2)  # (n, K): codes only
                 tok = select_tokens(scores, opts.image, [gens[i] for i in who_cpu.tolist()])
                 chosen[who, t] = tok + lo
             pending.append(chosen[:, t])
@@ -181,13 +185,13 @@ class CounterfactualGenerator:
     def _text_phase(self, stream: TokenStream, gens: list[torch.Generator], b: int, scale: float,
                     cfg_rows: bool, opts: DecodeOptions) -> list[list[int]]:
         lay = self.layout
-        allowed = torch.zeros(stream.logits.shape[-1], dtype=torch.bool, device=stream.device)
-        allowed[: self._text_allowed.numel()] = self._text_allowed.to(stream.device)  # logits may be padded wider
+        n_text = lay.text_vocab_size  # the text range only: codes are never text
+        allowed = self._text_allowed[:n_text].to(stream.device)
         who = torch.arange(b, device=stream.device)
         done = torch.zeros(b, dtype=torch.bool, device=stream.device)
         out = []
         for step in range(opts.max_text_tokens):
-            scores = self._scores(stream.logits, who, b, scale, cfg_rows)  # (B, V)
+            scores = self._scores(stream, 0, n_text, who, b, scale, cfg_rows)  # (B, text vocab)
             scores[:, ~allowed] = float("-inf")  # after CFG: -inf - -inf would be nan
             tok = select_tokens(scores, opts.text, gens)
             tok = torch.where(done, torch.full_like(tok, lay.eos_id), tok)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from progemu.generation.stream import _forward_kwargs, left_pad
+from progemu.generation.stream import _forward_kwargs, head_logits, left_pad, split_head
 from progemu.vocab import VocabLayout
 
 METHODS = ("kl", "nll")
@@ -33,12 +33,16 @@ def _code_logits(model: torch.nn.Module, layout: VocabLayout, rows: list[list[in
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     keep = layout.image_length + 1
     kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
+    offs = layout.code_offsets().flatten().to(device)  # index o of the kept positions predicts block offset o
+    lo, hi = layout.image_token_offset, layout.image_token_offset + layout.codebook_size
+    decoder, head = split_head(model)
+    if decoder is not None:  # only the code rows of the head: no (R, positions, full vocabulary) tensor
+        hidden = decoder(**kwargs).last_hidden_state[:, -keep:]  # (R, image_length + 1, D)
+        return head_logits(head, hidden[:, offs], lo, hi).float()
     if _forward_kwargs(model)[1]:
         kwargs["logits_to_keep"] = keep
-    logits = model(**kwargs).logits[:, -keep:]  # (R, image_length + 1, V): index o predicts block offset o
-    offs = layout.code_offsets().flatten().to(device)
-    lo = layout.image_token_offset
-    return logits[:, offs, lo: lo + layout.codebook_size].float()
+    logits = model(**kwargs).logits[:, -keep:]  # (R, image_length + 1, V)
+    return logits[:, offs, lo:hi].float()
 
 
 def relevance_grid(model: torch.nn.Module, layout: VocabLayout, prompts: list[list[int]],

@@ -67,7 +67,7 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
     return out
 
 
-def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Classifier-free guidance on log-probabilities, as transformers' CFG processors: u + s * (c - u)."""
     lc = torch.log_softmax(cond.float(), dim=-1)
     if scale == 1.0:

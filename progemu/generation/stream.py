@@ -20,6 +20,27 @@ def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
     return cache_kw, "logits_to_keep" in params
 
 
+def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Linear | None]:
+    """(decoder backbone, LM head) when the model is a backbone + linear head (Llama-style), else (None, None).
+
+    Why: the decoder then asks the head only for the vocabulary range a phase may emit (the codes inside the
+    grid, the text after it), so no step pays for the logits of tokens it would mask out anyway.
+    """
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None, None
+    if decoder is None or decoder is model or not isinstance(head, torch.nn.Linear):
+        return None, None
+    return decoder, head
+
+
+def head_logits(head: torch.nn.Linear, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """(..., D) hidden states -> (..., hi - lo) logits of the vocabulary slice [lo, hi) only."""
+    bias = head.bias[lo:hi] if head.bias is not None else None
+    return torch.nn.functional.linear(hidden, head.weight[lo:hi], bias)
+
+
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ids -> (R, L) ids left-padded with ``pad_id`` and the (R, L) attention mask."""
     length = max(len(r) for r in rows)
@@ -33,7 +54,7 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str) -> 
 
 
 class TokenStream:
-    """Rows fed to a causal LM step by step; ``feed`` returns the logits that predict the next column."""
+    """Rows fed to a causal LM step by step; ``logits(lo, hi)`` scores the next column over a vocabulary slice."""
 
     def __init__(self, model: torch.nn.Module, rows: list[list[int]], pad_id: int, *, use_cache: bool = True,
                  cache: str = "dynamic", max_length: int | None = None):
@@ -41,6 +62,9 @@ class TokenStream:
         self.device = next(model.parameters()).device
         self.use_cache = use_cache
         self.cache_kw, self.has_keep = _forward_kwargs(model)
+        self.decoder, self.head = split_head(model)
+        if self.decoder is not None:
+            self.cache_kw = _forward_kwargs(self.decoder)[0]
         self.ids, self.mask = left_pad(rows, pad_id, self.device)  # (R, L)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): real tokens count from 0
         self.last_pos = self.positions[:, -1].clone()  # (R,)
@@ -56,27 +80,38 @@ class TokenStream:
                 self.cache = DynamicCache()
             else:
                 raise ValueError(f"unknown cache kind {cache!r} (dynamic or static)")
-        self.logits = self._run(self.ids, self.positions)  # (R, V) after the prompt
+        self.state = self._run(self.ids, self.positions)  # (R, D) hidden state, or (R, V) logits without a head
 
     @property
     def rows(self) -> int:
         return int(self.ids.shape[0])
 
     @torch.inference_mode()
-    def _run(self, ids: torch.Tensor, positions: torch.Tensor, keep: int = 1) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         kwargs = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, "use_cache": self.use_cache}
         if self.use_cache:
             kwargs[self.cache_kw] = self.cache
-        if self.has_keep:
-            kwargs["logits_to_keep"] = keep
-        out = self.model(**kwargs)
         self.forwards += 1
         self.tokens_fed += int(ids.numel())
-        logits = out.logits[:, -keep:]  # (R, keep, V)
-        return logits[:, -1] if keep == 1 else logits
+        if self.decoder is not None:
+            return self.decoder(**kwargs).last_hidden_state[:, -1]  # (R, D)
+        if self.has_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs).logits[:, -1]  # (R, V)
 
-    def feed(self, cols: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        """Append (R, k) ids in one forward; return (R, V) logits after the last one (or (R, keep, V))."""
+    def logits(self, lo: int, hi: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', hi - lo) next-token logits over the ids [lo, hi) for ``rows`` (default all)."""
+        state = self.state if rows is None else self.state[rows]
+        if self.head is not None:
+            return head_logits(self.head, state, lo, hi)
+        return state[:, lo:hi]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.head.out_features if self.head is not None else self.state.shape[-1])
+
+    def feed(self, cols: torch.Tensor) -> None:
+        """Append (R, k) ids in one forward (a run of forced tokens costs one step, not k)."""
         cols = cols.to(self.device)
         k = cols.shape[1]
         new_pos = self.last_pos[:, None] + 1 + torch.arange(k, device=self.device)  # (R, k)
@@ -85,10 +120,9 @@ class TokenStream:
         self.positions = torch.cat([self.positions, new_pos], 1)
         self.last_pos = new_pos[:, -1]
         if self.use_cache:
-            self.logits = self._run(cols, new_pos, keep)
+            self.state = self._run(cols, new_pos)
         else:  # no cache: the whole history again (the reference the cached path must match)
-            self.logits = self._run(self.ids, self.positions, keep)
-        return self.logits
+            self.state = self._run(self.ids, self.positions)
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (e.g. drop the CFG branch once no phase needs it)."""
@@ -98,4 +132,4 @@ class TokenStream:
                 return  # static caches keep a fixed batch; the extra rows just keep running
             self.cache.batch_select_indices(index)
         self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
-        self.last_pos, self.logits = self.last_pos[index], self.logits[index]
+        self.last_pos, self.state = self.last_pos[index], self.state[index]
