@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cache", default="dynamic", choices=["dynamic", "static"])
+    p.add_argument("--cache", default="static", choices=["dynamic", "static"])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)

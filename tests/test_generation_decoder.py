@@ -138,3 +138,16 @@ def test_prompts_may_hold_the_image_header(setup):
     assert torch.equal(plain.image_ids, with_header.image_ids) and plain.text_ids == with_header.text_ids
     with pytest.raises(ValueError, match="header"):
         run(setup, prompts=[p + header for p in prompts], null_prompts=nulls, options=opts)
+
+
+def test_sliced_head_equals_full_logits(setup):
+    from progemu.generation.stream import TokenStream, left_pad
+
+    layout, model, _, prompts, _ = setup
+    stream = TokenStream(model, prompts, layout.pad_id)
+    ids, mask = left_pad(prompts, layout.pad_id, "cpu")
+    full = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    lo, hi = layout.image_token_offset, layout.vocab_size
+    assert stream.head is not None  # the Llama split is used
+    assert torch.allclose(stream.logits(lo, hi), full[:, lo:hi], atol=1e-4)
+    assert torch.allclose(stream.logits(0, 10, torch.tensor([2, 0])), full[[2, 0], :10], atol=1e-4)

@@ -86,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nnodes", type=int, default=1)
     ap.add_argument("--hostfile")
     ap.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    ap.add_argument("rest", nargs=argparse.REMAINDER, help="run-config overrides after --")
-    a = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # run-config overrides come after "--"; split them off by hand, since an argparse REMAINDER positional
+    # would also swallow this launcher's own flags (--config, --ngpus, ...) given after the stage
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = ap.parse_args(argv[:cut])
+    a.rest = argv[cut + 1:]
     module, default = STAGES[a.stage]
     config = a.config or default
     values = yaml.safe_load(Path(resolve_path(config, CONFIG_DIR, ".yaml")).read_text()) or {}

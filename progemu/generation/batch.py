@@ -170,7 +170,8 @@ class BatchRunner:
                   "inputs": {"image": str(src.image) if src.image is not None else None, "prompt": src.prompt,
                              "mask": str(src.mask) if src.mask is not None else None, "region": src.region},
                   "options": self.opts.to_dict(), "region": first.region,
-                  "seeds": [r.seed for r in results], "timings": first.seconds,
+                  "seeds": [r.seed for r in results],
+                  "timings": {**first.seconds, "note": "seconds of the whole batch this item ran in"},
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_text(folder / "record.json", json.dumps(record, indent=2, default=str) + "\n")  # last: marks done
         return result

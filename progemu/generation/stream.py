@@ -99,6 +99,7 @@ class TokenStream:
             kwargs["logits_to_keep"] = 1
         return self.model(**kwargs).logits[:, -1]  # (R, V)
 
+    @torch.inference_mode()
     def logits(self, lo: int, hi: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(R', hi - lo) next-token logits over the ids [lo, hi) for ``rows`` (default all)."""
         state = self.state if rows is None else self.state[rows]
