@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONPATH := $(CURDIR):$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint clean pretrain finetune convert evaluate
+.PHONY: help install test lint clean pretrain finetune convert evaluate demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -71,3 +71,6 @@ evaluate: install  ## evaluate: make evaluate [MODEL=dir | GENERATED=dir] [EVAL_
 	  nice -n 10 $(BIN)/python -m eval.train_evaluators --data $(EVAL_DATA) --out runs/evaluators
 	$(BIN)/python -m eval.evaluate --data $(EVAL_DATA) --out $(EVAL_OUT) --evaluators runs/evaluators \
 	  $(if $(GENERATED),--generated $(GENERATED),--model $(MODEL))
+
+demo: install  ## the whole pipeline offline on SynthCXR, ends with runs/demo/report.html (FROM_SCRATCH=1 trains it all)
+	$(BIN)/python -m eval.demo $(if $(filter 1 yes true,$(FROM_SCRATCH)),--from-scratch)

@@ -86,7 +86,8 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
         if model is None:
             raise ProgEmuError("give --generated (an existing output folder) or --model (to generate)")
         log(f"generating {len(items)} counterfactuals with {model}")
-        generated = run_generation(model, items, out / "generated", generate_args)
+        generated = run_generation(model, items, out / "generated", generate_args,
+                                   task="edit" if source == "mimic-edit" else "icg")
     gens = read_generated(generated, [it.id for it in items])
     failed = {k: g.error for k, g in gens.items() if g.error}
     items = [it for it in items if not gens[it.id].error]

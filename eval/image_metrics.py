@@ -79,10 +79,8 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """(H, W, 3) uint8: the grayscale image with ``heat`` in [0, 1] blended in red (InstructX2X's display)."""
-    heat = np.clip(fit(heat.astype(np.float32), image.shape), 0, 1)
-    rgb = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
-    a = alpha * heat[..., None]
-    red = np.zeros_like(rgb)
-    red[..., 0] = 1.0
-    return (np.clip(rgb * (1 - a) + red * a, 0, 1) * 255).round().astype(np.uint8)
+    """(H, W, 3) uint8: the grayscale image with ``heat`` in [0, 1] blended in red (InstructX2X's display);
+    ``heat`` is resized to the image first. The blend is the generator's (`progemu.generation.guidance.overlay`)."""
+    from progemu.generation.guidance import overlay as red_overlay
+
+    return red_overlay(image.astype(np.float32), fit(heat.astype(np.float32), image.shape), alpha)

@@ -7,6 +7,7 @@ Works on its own: any folder in that layout can be evaluated, whoever wrote it.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,16 +89,24 @@ def write_manifest(items: Sequence[EvalItem], path: Path) -> Path:
     """The ``progemu generate`` manifest of ``items`` (one JSON object a line: id, image, prompt)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"id": it.id, "image": str(it.prior_path), "prompt": it.prompt}) for it in items]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a rerun never reads half a manifest
     return path
 
 
-def run_generation(model: str | Path, items: Sequence[EvalItem], out: Path, extra_args: str = "") -> Path:
-    """Generate the items' counterfactuals with ``progemu generate`` into ``out`` (resumes; returns ``out``)."""
+def run_generation(model: str | Path, items: Sequence[EvalItem], out: Path, extra_args: str = "",
+                   task: str = "icg") -> Path:
+    """Generate the items' counterfactuals with ``progemu generate`` into ``out`` (resumes; returns ``out``).
+
+    ``task``: ``icg`` (progression prompts) or ``edit`` (MIMIC-EDIT instructions), unless ``extra_args`` sets it."""
     from progemu.cli import main as progemu_main
 
     manifest = write_manifest(items, out.parent / "manifest.jsonl")
-    argv = ["generate", "--model", str(model), "--input", str(manifest), "--out", str(out), *shlex.split(extra_args)]
+    extra = shlex.split(extra_args)
+    if not any(a == "--task" or a.startswith("--task=") for a in extra):
+        extra = ["--task", task, *extra]
+    argv = ["generate", "--model", str(model), "--input", str(manifest), "--out", str(out), *extra]
     try:
         code = progemu_main(argv)
     except SystemExit as err:  # argparse: an unknown subcommand or option

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         h = ev.spec.heldout
         summary[name] = {k: h.get(k) for k in ("auroc", "accuracy", "f1", "n", "reliable")}
         print(f"{name}: held-out AUROC {h['auroc']}, accuracy {h['accuracy']}, F1 {h['f1']}, reliable {h['reliable']}")
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2))
+    tmp = Path(args.out, "summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, Path(args.out, "summary.json"))
     print(f"evaluators written to {args.out}")
     return 0
 

@@ -8,8 +8,9 @@ Importing the package registers its classes with transformers' Auto classes, so 
     model = AutoModelForCausalLM.from_pretrained("runs/finetune-tiny/final")
     processor = AutoProcessor.from_pretrained("runs/finetune-tiny/final")
 
-The heavy modules (model, processor, VQ) are imported on first attribute access, and a part of the package
-that is not installed is skipped rather than breaking ``import progemu``.
+The registration imports the model, processor and VQ modules (so ``import progemu`` imports torch and
+transformers); the other public names are imported on first attribute access. A missing VQ module (or
+vector-quantize-pytorch) is skipped rather than breaking ``import progemu``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ def __getattr__(name: str) -> Any:
 def register_auto_classes() -> None:
     """Register ProgEmu (and the VQ tokenizer when installed) with AutoConfig / AutoModel* / AutoProcessor.
 
-    Only the light config modules are imported here; the Auto mappings take the model and processor
-    classes lazily through the registration below, so ``import progemu`` stays fast.
+    The Auto mappings need the classes themselves, so the model and processor modules are imported here.
     """
     global _REGISTERED
     if _REGISTERED:

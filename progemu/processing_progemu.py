@@ -289,6 +289,11 @@ class ProgEmuProcessor(ProcessorMixin):
         from progemu.data.ingest import IngestOptions
 
         opts = {k: tuple(v) if isinstance(v, list) else v for k, v in self.ingest_options.items()}
+        lay = self.layout
+        if "size" not in opts and self.vq_model is not None and lay.grid_h == lay.grid_w:
+            # no size saved (older training runs): read images at the size whose code grid is the layout's,
+            # not IngestOptions' default, which would give the VQ a different grid
+            opts["size"] = lay.grid_h * int(self.vq_model.config.downsample_factor)
         return IngestOptions(**opts)
 
     def _need_vq(self) -> Any:

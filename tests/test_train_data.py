@@ -168,3 +168,26 @@ def test_sequence_dataset_first_token_unlabelled():
     ds = SequenceDataset(seqs, 16, "pack", 0)
     row = ds[0]
     assert row["labels"].tolist().count(IGNORE) == 3 and row["position_ids"].tolist() == [0, 1, 2, 3, 4] * 3
+
+
+def test_processor_built_from_tokenizer_and_vq_reads_images_at_the_shard_size(tmp_path):
+    """A run without a processor folder builds one whose image size gives the shards' code grid (what
+    `progemu generate` then encodes priors with), not IngestOptions' default size."""
+    from progemu.configuration_vq import ProgEmuVQConfig
+    from progemu.modeling_vq import ProgEmuVQModel
+    from progemu.processing_progemu import ProgEmuProcessor
+    from train.config import DataArgs, ModelArgs
+    from train.run import load_processor
+
+    ProgEmuProcessor.from_pretrained(str(make_processor(tmp_path / "proc"))).tokenizer.save_pretrained(
+        str(tmp_path / "tok"))
+    cfg = ProgEmuVQConfig(patch_size=2, base_channels=8, channel_multipliers=[1, 2], embed_dim=8, codebook_size=32,
+                          codebook_dim=4, vq_kmeans_init=False, image_size=64)
+    vq = ProgEmuVQModel(cfg).eval()
+    vq.save_pretrained(str(tmp_path / "vq"))
+    rows = [{"grid_h": 4, "grid_w": 4}]
+    proc = load_processor(ModelArgs(), DataArgs(text_tokenizer=str(tmp_path / "tok"), vq=str(tmp_path / "vq")), rows)
+    size = proc.get_ingest_options().size
+    assert vq.grid_size(size) == (proc.layout.grid_h, proc.layout.grid_w) == (4, 4)
+    codes = proc.encode_images([np.zeros((size, size), np.float32)])
+    assert tuple(codes.shape) == (1, 4, 4)

@@ -60,13 +60,13 @@ def encode_chunk(model, records: list[CXRRecord], size: int, batch: int, device:
     rows: list[dict[str, Any]] = []
     h, w = model.grid_size(size)
     for rec in records:
-        loaded = {}
+        loaded, path = {}, None
         try:
             for key, path in (("prior", rec.prior_image), ("target", rec.target_image)):
                 if path is not None:
                     loaded[key] = load_image(path, opts)
-        except (ProgEmuError, OSError, ValueError) as err:
-            errors.append({"id": rec.id, "file": str(getattr(err, "path", "")), "reason": str(err)})
+        except (ProgEmuError, OSError, ValueError) as err:  # the file being read when it failed
+            errors.append({"id": rec.id, "file": str(getattr(err, "path", None) or path), "reason": str(err)})
             continue
         for key, arr in loaded.items():
             images.append(arr)
@@ -79,6 +79,12 @@ def encode_chunk(model, records: list[CXRRecord], size: int, batch: int, device:
         for (row, key), c in zip(slots[i : i + batch], codes):
             rows[row][f"{key}_codes"] = c
     return rows
+
+
+def _write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent))
+    os.replace(tmp, path)
 
 
 def _save_atomic(ds: datasets.Dataset, path: Path) -> None:
@@ -110,7 +116,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
     if state_file.exists() and json.loads(state_file.read_text()) != state:
         shutil.rmtree(chunks_dir)  # another model / data / chunking: the finished chunks do not apply
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(state))
+    _write_json_atomic(state_file, state)
     counts: dict[str, int] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
@@ -130,7 +136,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         joined = datasets.concatenate_datasets(parts)
         _save_atomic(joined, out / split)
         counts[split] = len(joined)
-    (out / "encode_info.json").write_text(json.dumps({**state, "rows": counts}, indent=1))
+    _write_json_atomic(out / "encode_info.json", {**state, "rows": counts}, indent=1)
     return counts
 
 

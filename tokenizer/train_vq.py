@@ -193,7 +193,9 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
     if rank == 0:
         raw.eval().save_pretrained(out)
         metrics = {"step": step, **validate(raw, cfg, device)}
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        tmp = out / "metrics.json.tmp"  # written last and atomically: `train.launch` takes it as "finished"
+        tmp.write_text(json.dumps(metrics, indent=1))
+        os.replace(tmp, out / "metrics.json")
         log.close()
     if world > 1:
         dist.barrier()

@@ -24,7 +24,8 @@ from progemu.errors import ProgEmuError
 
 # files of a checkpoint that belong to the run, not to the model folder
 RUN_FILES = {"trainer_state.json", "training_args.bin", "scheduler.pt", "optimizer.pt", "latest", "zero_to_fp32.py",
-             "zero_to_torch.py", "config.json", "generation_config.json", "README.md"}
+             "zero_to_torch.py", "config.json", "generation_config.json", "README.md",
+             "model.safetensors.index.json", "pytorch_model.bin.index.json"}  # save_pretrained writes its own
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 

@@ -169,13 +169,15 @@ class Collator:
 
 
 def build_dataset(rows: datasets.Dataset, builder: SequenceBuilder, tasks: Sequence[str], max_length: int,
-                  packing: str, pad_id: int, seed: int, rounds: int = 1, min_rows: int = 0) -> SequenceDataset:
-    """Sequences of ``rounds`` passes over ``rows``, or as many passes as give ``min_rows`` training rows."""
+                  packing: str, pad_id: int, seed: int, rounds: int = 1, min_rows: int = 0,
+                  where: str = "the split") -> SequenceDataset:
+    """Sequences of ``rounds`` passes over ``rows``, or as many passes as give ``min_rows`` training rows.
+    ``where`` names the rows' source (the split's folder) in errors."""
     if len(rows) == 0:
-        raise ProgEmuError("the training split has no rows")
+        raise ProgEmuError(f"{where}: no rows")
     first = build_round(rows, builder, tasks, seed, 0, max_length)
     if not first:
-        raise ProgEmuError(f"no row of the split can serve the tasks {list(tasks)}")
+        raise ProgEmuError(f"{where}: no row can serve the tasks {list(tasks)}")
     per_round = len(SequenceDataset(first, max_length, packing, pad_id, seed))
     total = max(rounds, 1, -(-min_rows // per_round))
     seqs, bounds = list(first), [0, len(first)]

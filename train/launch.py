@@ -33,9 +33,9 @@ BUILDERS = {
     "data/shards-128": [sys.executable, "-m", "tokenizer.encode_dataset"],
 }
 NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["data/synthcxr-128"]}
-# the file that exists once a builder has finished (a half-written folder does not count)
-DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "config.json", "runs/text-tokenizer": "tokenizer.json",
-        "data/shards-128": "train"}
+# the file each builder writes last (a half-written folder does not count)
+DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "runs/text-tokenizer": "tokenizer.json",
+        "data/shards-128": "encode_info.json"}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     config = a.config or default
     values = yaml.safe_load(Path(resolve_path(config, CONFIG_DIR, ".yaml")).read_text()) or {}
     rest = [x for x in a.rest if x != "--"]
-    for i, flag in enumerate(rest[:-1]):  # command-line overrides of the input paths
-        if flag.lstrip("-") in ("shards", "processor", "text_tokenizer", "vq", "init_from"):
-            values[flag.lstrip("-")] = rest[i + 1]
+    for i, flag in enumerate(rest):  # command-line overrides of the input paths (--key value or --key=value)
+        key, eq, val = flag.lstrip("-").partition("=")
+        if key in ("shards", "processor", "text_tokenizer", "vq", "init_from") and (eq or i + 1 < len(rest)):
+            values[key] = val if eq else rest[i + 1]
     for key in ("shards", "text_tokenizer", "vq"):
         if "processor" not in values or key == "shards":
             ensure(str(values.get(key, "")))

@@ -44,8 +44,14 @@ def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any
         tok = AutoTokenizer.from_pretrained(data_args.text_tokenizer)
         vq = ProgEmuVQModel.from_pretrained(data_args.vq).eval()
         row = rows[0]
+        # images must be read at the size the shards were encoded at (IngestOptions defaults to 512 px, which
+        # would give `progemu generate` a different code grid): the grid times the VQ's downsampling factor
+        f = vq.downsample_factor
+        if int(row["grid_h"]) != int(row["grid_w"]):
+            raise ProgEmuError(f"{data_args.shards}: non-square code grid {row['grid_h']}x{row['grid_w']}")
         proc = ProgEmuProcessor(tok, codebook_size=vq.config.codebook_size, grid_h=int(row["grid_h"]),
-                                grid_w=int(row["grid_w"]), vq_model=vq)
+                                grid_w=int(row["grid_w"]), vq_model=vq,
+                                ingest_options={"size": int(row["grid_h"]) * f})
     proc.mask_mode = data_args.loss_mask
     proc.image_loss_weight, proc.text_loss_weight = data_args.image_loss_weight, data_args.text_loss_weight
     return proc
@@ -108,12 +114,14 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     world = int(os.environ.get("WORLD_SIZE", "1"))
     need_rows = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     train_ds = build_dataset(rows, builder, data_args.tasks, data_args.max_length, data_args.packing, pad,
-                             args.seed, rounds=data_args.data_rounds or 1, min_rows=max(need_rows, 0))
+                             args.seed, rounds=data_args.data_rounds or 1, min_rows=max(need_rows, 0),
+                             where=str(Path(data_args.shards) / data_args.train_split))
     eval_ds = None
     if data_args.eval_split:
         eval_rows = load_split(data_args.shards, data_args.eval_split, data_args.max_samples)
         eval_ds = build_dataset(eval_rows, processor_builder(processor, data_args.loss_mask), data_args.tasks,
-                                data_args.max_length, data_args.packing, pad, args.seed)
+                                data_args.max_length, data_args.packing, pad, args.seed,
+                                where=str(Path(data_args.shards) / data_args.eval_split))
     if args.process_index == 0:
         log.info("%s: %d training rows of %d tokens (%d real tokens) from %d shard rows", stage, len(train_ds),
                  data_args.max_length, train_ds.real_tokens(), len(rows))
