@@ -191,3 +191,13 @@ def test_processor_built_from_tokenizer_and_vq_reads_images_at_the_shard_size(tm
     assert vq.grid_size(size) == (proc.layout.grid_h, proc.layout.grid_w) == (4, 4)
     codes = proc.encode_images([np.zeros((size, size), np.float32)])
     assert tuple(codes.shape) == (1, 4, 4)
+    proc.ingest_options = {}  # a processor saved without a size (older runs) derives it from its VQ
+    assert proc.get_ingest_options().size == size
+
+
+def test_several_shard_folders_are_concatenated(tmp_path):
+    a, b = make_shards(tmp_path / "a", n=6, seed=1), make_shards(tmp_path / "b", n=5, seed=2)
+    both = load_split(f"{a},{b}", "train")
+    assert len(both) == len(load_split(a, "train")) + len(load_split(b, "train"))
+    with pytest.raises(ProgEmuError, match="no code shards"):
+        load_split(f"{a},{tmp_path / 'missing'}", "train")

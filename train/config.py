@@ -43,7 +43,8 @@ class ModelArgs:
 class DataArgs:
     """Where the code shards are, how they become sequences and batches."""
 
-    shards: str = field(default="data/shards-128", metadata={"help": "folder with one Arrow folder per split"})
+    shards: str = field(default="data/shards-128", metadata={
+        "help": "folder with one Arrow folder per split; several folders separated by commas are concatenated"})
     train_split: str = "train"
     eval_split: str | None = field(default=None, metadata={"help": "split for eval_loss (e.g. validate); none: off"})
     tasks: list[str] = field(default_factory=lambda: ["report2image", "image2report"],

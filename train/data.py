@@ -34,15 +34,21 @@ Seq = tuple[np.ndarray, np.ndarray, np.ndarray]  # input_ids int32, labels int32
 
 
 def load_split(shards: str | Path, split: str, max_samples: int | None = None) -> datasets.Dataset:
-    """One split's Arrow folder written by ``tokenizer/encode_dataset.py``."""
-    path = Path(shards) / split
-    if not path.is_dir():
-        raise ProgEmuError(f"{path}: no code shards for split {split!r}; build them with "
-                           "`python -m tokenizer.encode_dataset` (or run `make pretrain`, which builds them)")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises several types for a broken folder
-        raise ProgEmuError(f"{path}: cannot read the code shards ({exc})") from exc
+    """One split's Arrow folder written by ``tokenizer/encode_dataset.py``. ``shards`` may name several shard
+    folders separated by commas (e.g. ICG-CXR and MIMIC-EDIT encoded separately): their rows are concatenated."""
+    parts = []
+    for root in [r.strip() for r in str(shards).split(",") if r.strip()]:
+        path = Path(root) / split
+        if not path.is_dir():
+            raise ProgEmuError(f"{path}: no code shards for split {split!r}; build them with "
+                               "`python -m tokenizer.encode_dataset` (or run `make pretrain`, which builds them)")
+        try:
+            parts.append(datasets.load_from_disk(str(path)))
+        except Exception as exc:  # datasets raises several types for a broken folder
+            raise ProgEmuError(f"{path}: cannot read the code shards ({exc})") from exc
+    if not parts:
+        raise ProgEmuError(f"{shards!r}: no code shard folder given")
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     return ds
