@@ -2,7 +2,8 @@
 encode -> decode as on the originals?
 
 Run: ``python -m tokenizer.vq_clinical --vq runs/vq-tiny --evaluators runs/evaluators --data data/synthcxr-128
---split validate --skip 320 --n 512`` (prints a table, writes ``--out``, default ``VQ/clinical_fidelity.json``).
+--split validate --skip 320 --n 512 [--retrain-pairs 1600]`` (prints tables, writes ``--out``, default
+``VQ/clinical_fidelity.json``).
 
 Images (priors and follow-ups of the split's records, in order) are read with the foundation loaders and
 ingestion at the tokenizer's image size. The findings classifier is scored with its own calibrated per-finding
@@ -11,7 +12,8 @@ accuracy on reconstructions is within 3 points of that on the originals. ``--ski
 records, e.g. the 320 validate pairs that ``eval.train_evaluators`` scored (and calibrated thresholds) on.
 
 Layering: ``eval/`` never imports ``tokenizer/``; this measurement script (and only it) imports the public API
-of ``eval`` (``eval.classifier``, ``eval.data``, ``eval.scores``) to score the tokenizer.
+of ``eval`` (``eval.classifier``, ``eval.data``, ``eval.scores``, ``eval.train_evaluators.train_one``) to score
+the tokenizer.
 """
 
 from __future__ import annotations
@@ -124,7 +126,9 @@ def clinical_fidelity(codec: Codec, table: ImageTable, evaluators: dict[str, Eva
     if recon.shape != table.images.shape:
         raise ValueError(f"codec returned shape {recon.shape} for images of shape {table.images.shape}")
     out: dict = {"n_images": len(table), "tolerance_points": tolerance_points,
-                 "pixel_mae": float(np.abs(recon - table.images).mean())}
+                 "pixel_mae": float(np.abs(recon - table.images).mean()),
+                 # mean per-image PSNR (dB, data range 1), as tokenizer.vq_eval reports it
+                 "psnr": float(np.mean(10 * np.log10(1 / np.maximum(((recon - table.images) ** 2).mean((1, 2)), 1e-10))))}
     if "findings" in evaluators:
         out["findings"] = _findings(evaluators["findings"], table, recon)
     for name in ATTRIBUTES:
@@ -136,6 +140,25 @@ def clinical_fidelity(codec: Codec, table: ImageTable, evaluators: dict[str, Eva
     holds = {m: abs(out[m]["delta_points"]["accuracy"] or 0.0) <= tolerance_points for m in models}
     out["criterion"] = {"holds": holds, "findings_outside_tolerance": failing}
     return out
+
+
+def recoverability(codec: Codec, train: ImageTable, calib: ImageTable, table: ImageTable, reference: Evaluator,
+                   epochs: int = 8, seed: int = 0) -> dict:
+    """Is a lost finding gone from the reconstructions, or only unfamiliar to a classifier trained on originals?
+    Trains a findings classifier like ``reference`` (``eval.train_evaluators.train_one``: same recipe, thresholds
+    from the first half of ``calib``) on ``codec`` of ``train``'s images and scores it on ``codec`` of ``table``'s.
+    A finding it cannot recognise either (AUROC near 0.5) has been erased by the codec."""
+    from eval.train_evaluators import train_one
+
+    classes = list(reference.spec.classes)
+    cols = [CHEXPERT_LABELS.index(c) for c in classes]
+    ev = train_one("findings", "multilabel", classes, (codec(train.images), train.labels[:, cols]),
+                   (codec(calib.images), calib.labels[:, cols]), reference.spec.image_size, epochs,
+                   reference.spec.width, seed, log=lambda _: None)
+    s = multilabel_scores(ev.predict_proba(codec(table.images)), table.labels[:, cols], classes,
+                          ev.threshold_array().tolist())
+    return {"train_images": len(train), "epochs": epochs, **{k: s[k] for k in METRICS},
+            "per_class": {c: {k: s["per_class"][c][k] for k in METRICS} for c in classes}}
 
 
 def _fmt(v: float | None, points: bool = False) -> str:
@@ -166,6 +189,18 @@ def table_markdown(result: dict) -> str:
     return "\n".join(rows)
 
 
+def recoverability_markdown(result: dict) -> str:
+    """AUROC / accuracy (%) per finding: shipped classifier on originals, on reconstructions, and a classifier
+    trained on reconstructions."""
+    f, rec = result["findings"], result["recoverability"]
+    rows = ["| finding | shipped clf, originals | shipped clf, reconstructions | retrained on reconstructions |",
+            "|---|---|---|---|"]
+    for name, o, r, t in [("**macro**", f["original"], f["reconstruction"], rec)] + [
+            (c, s["original"], s["reconstruction"], rec["per_class"][c]) for c, s in f["per_class"].items()]:
+        rows.append(f"| {name} | " + " | ".join(f"{_fmt(x['auroc'])} / {_fmt(x['accuracy'])}" for x in (o, r, t)) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vq", required=True, help="a saved ProgEmuVQModel folder")
@@ -176,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", type=int, default=0, help="records of the split left out first")
     ap.add_argument("--n", type=int, default=512, help="images (priors and follow-ups)")
     ap.add_argument("--tolerance", type=float, default=3.0, help="allowed accuracy change in points")
+    ap.add_argument("--retrain-pairs", type=int, default=0,
+                    help="also train a findings classifier on reconstructions of this many training pairs "
+                         "(thresholds from the --skip records; see recoverability)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="JSON result (default: VQ/clinical_fidelity.json)")
     args = ap.parse_args(argv)
@@ -193,8 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     result.update({"vq": str(args.vq), "evaluators": str(args.evaluators), "data": str(args.data),
                    "split": args.split, "skip": args.skip, "image_size": int(model.config.image_size)})
     print(table_markdown(result))
+    if args.retrain_pairs and "findings" in evaluators:
+        if not args.skip:
+            raise ProgEmuError("--retrain-pairs needs --skip > 0: the skipped records calibrate its thresholds")
+        size = int(model.config.image_size)
+        train = [r for r in load_records(args.data, args.source) if r.split == "train"][: args.retrain_pairs]
+        calib = load_table(args.data, args.split, 2 * args.skip, size, args.source)
+        result["recoverability"] = recoverability(vq_codec(model), ImageTable.from_records(train, size), calib,
+                                                  table, evaluators["findings"])
+        print("\nAUROC / accuracy (%)\n" + recoverability_markdown(result))
     crit = result["criterion"]
-    print(f"\n{result['n_images']} images; accuracy within {args.tolerance:g} points: {crit['holds']}; "
+    print(f"\n{result['n_images']} images (PSNR {result['psnr']:.2f} dB); accuracy within {args.tolerance:g} points: {crit['holds']}; "
           f"findings outside: {crit['findings_outside_tolerance'] or 'none'}")
     out = Path(args.out or Path(args.vq) / "clinical_fidelity.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,12 +111,14 @@ class CounterfactualPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> CounterfactualPipeline:
+                        dtype: torch.dtype | str | None = None) -> CounterfactualPipeline:
         """Load a model folder (`save_pretrained` of the model and the processor, VQ in ``vq/``)."""
         from progemu.modeling_progemu import ProgEmuForCausalLM
         from progemu.processing_progemu import ProgEmuProcessor
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:  # the saved dtype on GPUs; on CPUs fp32, since a bf16-saved checkpoint decodes slower there
+            dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
         model = ProgEmuForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
         processor = ProgEmuProcessor.from_pretrained(str(path))
         processor.check_model_config(model.config)
