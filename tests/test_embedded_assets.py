@@ -1,0 +1,66 @@
+"""The committed demo assets: the embedded tiny checkpoint and the evaluators `make demo` uses by default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "progemu" / "assets" / "tiny-synthcxr"
+EVALUATORS = REPO / "eval" / "assets" / "evaluators"
+
+pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason="no embedded checkpoint")
+
+
+def test_embedded_checkpoint_loads_with_auto_classes_and_fits_the_budget():
+    import progemu  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    from progemu.modeling_progemu import ProgEmuForCausalLM
+    from progemu.processing_progemu import ProgEmuProcessor
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL)
+    processor = AutoProcessor.from_pretrained(MODEL)
+    assert isinstance(model, ProgEmuForCausalLM) and isinstance(processor, ProgEmuProcessor)
+    assert processor.vq_model is not None
+    processor.check_model_config(model.config)
+    # issue 9: the embedded checkpoint and evaluators together stay within 25 MB
+    size = sum(p.stat().st_size for d in (MODEL, EVALUATORS) for p in d.rglob("*") if p.is_file())
+    assert size <= 25 * 1024 * 1024, size
+
+
+def test_embedded_checkpoint_edits_only_inside_the_mask_and_writes_text(tmp_path):
+    from progemu.generation import CounterfactualPipeline, GenerationItem, PipelineOptions
+    from progemu.generation.decoder import DecodeOptions
+    from progemu.generation.sampling import SamplingOptions
+    from progemu.synth import SynthCXR
+
+    pair = SynthCXR(size=128, seed=99).pair(0)
+    pipe = CounterfactualPipeline.from_pretrained(MODEL, device="cpu")
+    mask = np.zeros((128, 128), bool)
+    mask[64:, :64] = True  # the image's lower left quarter (the patient's right lower zone)
+    opts = PipelineOptions(decode=DecodeOptions(image=SamplingOptions(greedy=True), max_text_tokens=48),
+                           region="mask", dilate=0, guidance="nll")
+    item = GenerationItem("a", image=pair.prior, prompt="Moderate right pleural effusion has developed.", mask=mask)
+    (res,) = pipe([item], opts)
+    prior_codes = pipe.processor.encode_images([pair.prior])[0]
+    outside = ~res.edit_mask
+    assert outside.any() and res.edit_mask.any()
+    assert torch.equal(res.codes[outside], prior_codes.to(res.codes.device)[outside])
+    assert res.text.strip(), "the interpretation is empty"
+    assert res.guidance.shape == (128, 128) and 0.0 <= res.guidance.min() <= res.guidance.max() <= 1.0
+
+
+def test_embedded_evaluators_carry_their_heldout_scores():
+    from eval import classifier
+
+    names = classifier.available(EVALUATORS)
+    assert {"findings", "sex", "age_group"} <= set(names)
+    for name in names:
+        ev = classifier.Evaluator.load(EVALUATORS, name)
+        assert ev.spec.heldout.get("reliable") is True
+        assert json.loads((EVALUATORS / f"{name}.json").read_text())
