@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason="n
 
 
 def test_embedded_checkpoint_loads_with_auto_classes_and_fits_the_budget():
-    import progemu  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForCausalLM, AutoProcessor
 
+    import progemu  # noqa: F401  (registers the Auto classes)
     from progemu.modeling_progemu import ProgEmuForCausalLM
     from progemu.processing_progemu import ProgEmuProcessor
 
