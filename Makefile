@@ -24,12 +24,12 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	    echo "installing torch $(TORCH_VERSION) (CUDA build)"; $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	    echo "installing torch $(TORCH_VERSION) (CUDA build)"; $(BIN)/pip install -q "torch==$(TORCH_VERSION)" 2>&1 | grep -v "is ignored: it is neither" || true; \
 	  elif $(BIN)/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=3)" 2>/dev/null; then \
 	    echo "installing torch $(TORCH_VERSION) (CPU build)"; \
-	    $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
+	    $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu 2>&1 | grep -v "is ignored: it is neither" || true; \
 	  else \
-	    echo "installing torch $(TORCH_VERSION) (local wheel)"; $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	    echo "installing torch $(TORCH_VERSION) (local wheel)"; $(BIN)/pip install -q "torch==$(TORCH_VERSION)" 2>&1 | grep -v "is ignored: it is neither" || true; \
 	  fi; \
 	fi
 	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true

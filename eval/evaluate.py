@@ -14,9 +14,7 @@ one without held-out accuracy, or not clearly better than chance, is not used.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from eval.metrics import EvalData, System, evaluate_system
 from eval.outputs import load_guidance, read_generated, run_generation
 from eval.report import GalleryItem, write_report
 from progemu.errors import ProgEmuError
+from progemu.io import write_json_atomic
 
 IDENTITY_TEXT = "No significant interval change."
 
@@ -131,9 +130,7 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
         notes.append("gFID uses the project's findings classifier's pooled features (not Inception), against "
                      f"{len(ref_feats)} real follow-ups; with few items it is biased upwards (compare systems only)")
     metrics = _clean(metrics)
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_json_atomic(out / "metrics.json", metrics)
     shown = items[:gallery]
     gal = [GalleryItem(it.id, it.prompt, gens[it.id].text, it.reference, data.priors[i], outputs[i],
                        None if data.targets is None else data.targets[i],

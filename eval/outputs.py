@@ -7,7 +7,6 @@ Works on its own: any folder in that layout can be evaluated, whoever wrote it.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 
 from eval.data import EvalItem
 from progemu.errors import ProgEmuError
+from progemu.io import write_text_atomic
 
 
 @dataclass
@@ -89,10 +89,7 @@ def write_manifest(items: Sequence[EvalItem], path: Path) -> Path:
     """The ``progemu generate`` manifest of ``items`` (one JSON object a line: id, image, prompt)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"id": it.id, "image": str(it.prior_path), "prompt": it.prompt}) for it in items]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a rerun never reads half a manifest
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")  # a rerun never reads half a manifest
 
 
 def run_generation(model: str | Path, items: Sequence[EvalItem], out: Path, extra_args: str = "",

@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from progemu.io import write_text_atomic
 
 # (section, key, label, higher is better)
 METRICS: tuple[tuple[str, str, str, bool], ...] = (
@@ -196,19 +197,13 @@ def html_report(metrics: dict, gallery: list[GalleryItem], plot_paths: list[Path
     return "\n".join(parts)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(metrics: dict, gallery: list[GalleryItem], out: str | Path) -> dict[str, Path]:
     """Write ``metrics.md``, the plots and ``report.html`` into ``out``; returns their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "metrics.md"
-    write_atomic(md, markdown(metrics))
+    write_text_atomic(md, markdown(metrics))
     plot_paths = plots(metrics, out)
     page = out / "report.html"
-    write_atomic(page, html_report(metrics, gallery, plot_paths))
+    write_text_atomic(page, html_report(metrics, gallery, plot_paths))
     return {"markdown": md, "html": page, **{p.stem: p for p in plot_paths}}

@@ -9,8 +9,6 @@ Writes ``OUT/<name>.safetensors`` + ``OUT/<name>.json`` per evaluator and ``OUT/
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from eval.classifier import Evaluator, EvaluatorSpec, SmallCXRNet
 from eval.data import AGE_GROUPS, ImageTable, load_records
 from eval.scores import multiclass_scores, multilabel_scores, youden_thresholds
 from progemu.data.records import CHEXPERT_LABELS
+from progemu.io import write_json_atomic
 
 MIN_COUNT = 8  # a class needs this many training examples (each side) to be learned and scored
 
@@ -173,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         h = ev.spec.heldout
         summary[name] = {k: h.get(k) for k in ("auroc", "accuracy", "f1", "n", "reliable")}
         print(f"{name}: held-out AUROC {h['auroc']}, accuracy {h['accuracy']}, F1 {h['f1']}, reliable {h['reliable']}")
-    tmp = Path(args.out, "summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, Path(args.out, "summary.json"))
+    write_json_atomic(Path(args.out, "summary.json"), summary)
     print(f"evaluators written to {args.out}")
     return 0
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from progemu.data.records import SPLITS, CXRRecord
 from progemu.errors import ProgEmuError
+from progemu.io import write_json_atomic
 
 TEXT_COLUMNS = ("prompt", "interpretation", "instruction", "prior_report", "target_report")
 FEATURES = datasets.Features({
@@ -81,12 +82,6 @@ def encode_chunk(model, records: list[CXRRecord], size: int, batch: int, device:
     return rows
 
 
-def _write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
-    os.replace(tmp, path)
-
-
 def _save_atomic(ds: datasets.Dataset, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -116,7 +111,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
     if state_file.exists() and json.loads(state_file.read_text()) != state:
         shutil.rmtree(chunks_dir)  # another model / data / chunking: the finished chunks do not apply
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(state_file, state)
+    write_json_atomic(state_file, state)
     counts: dict[str, int] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]
@@ -136,7 +131,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         joined = datasets.concatenate_datasets(parts)
         _save_atomic(joined, out / split)
         counts[split] = len(joined)
-    _write_json_atomic(out / "encode_info.json", {**state, "rows": counts}, indent=1)
+    write_json_atomic(out / "encode_info.json", {**state, "rows": counts}, indent=1)
     return counts
 
 

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from progemu.io import write_json_atomic
 from tokenizer.vq_data import SourceDataset, StepSampler, make_source
 from tokenizer.vq_losses import CodeUsage, PatchDiscriminator, gradient_loss, hinge_d_loss, hinge_g_loss, ssim
 from tokenizer.vq_presets import VQTrainConfig, get_preset
@@ -193,9 +194,8 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
     if rank == 0:
         raw.eval().save_pretrained(out)
         metrics = {"step": step, **validate(raw, cfg, device)}
-        tmp = out / "metrics.json.tmp"  # written last and atomically: `train.launch` takes it as "finished"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, out / "metrics.json")
+        # written last and atomically: `train.launch` takes it as "finished"
+        write_json_atomic(out / "metrics.json", metrics, indent=1)
         log.close()
     if world > 1:
         dist.barrier()

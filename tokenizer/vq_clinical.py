@@ -19,8 +19,6 @@ the tokenizer.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from eval.data import ImageTable, load_records
 from eval.scores import multiclass_scores, multilabel_scores
 from progemu.data.records import CHEXPERT_LABELS
 from progemu.errors import ProgEmuError
+from progemu.io import write_json_atomic
 
 Codec = Callable[[np.ndarray], np.ndarray]  # (N, S, S) in [0, 1] -> (N, S, S) in [0, 1]
 METRICS = ("accuracy", "auroc", "f1")
@@ -245,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
           f"findings outside: {crit['findings_outside_tolerance'] or 'none'}")
     out = Path(args.out or Path(args.vq) / "clinical_fidelity.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     print(f"written {out}")
     return 0
 

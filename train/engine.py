@@ -9,7 +9,6 @@ states of every rank and the data position (so a resumed run repeats an uninterr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from progemu.io import write_json_atomic
 from train.data import SequenceDataset
 
 log = logging.getLogger("progemu.train")
@@ -155,6 +155,4 @@ def plot_loss_curve(log_history: list[dict[str, Any]], out: str | Path) -> Path 
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)

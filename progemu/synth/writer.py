@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from progemu.io import write_text_atomic
 from progemu.synth.history import PAIRS_PER_PATIENT
 from progemu.synth.pairs import GENERATOR_VERSION, SynthCXR, SynthPair
 from progemu.synth.vocabulary import FINDING_KEYS
@@ -45,12 +46,6 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=PNG_LEVEL)
     path.write_bytes(buf.getvalue())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def pair_record(pair: SynthPair, size: int, seed: int) -> dict:
@@ -189,7 +184,7 @@ def write_dataset(out: str | Path, pairs: int, size: int = 128, seed: int = 0, p
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(r for r in ok if r["changed"])
-    _atomic_write_text(out / EDIT_DIR / "instructions.csv", buf.getvalue())
+    write_text_atomic(out / EDIT_DIR / "instructions.csv", buf.getvalue())
     patients: dict[str, set] = {}
     for r in ok:
         patients.setdefault(r["split"], set()).add(r["patient"])
@@ -201,7 +196,7 @@ def write_dataset(out: str | Path, pairs: int, size: int = 128, seed: int = 0, p
         "layout": {"icg-cxr": str(ICG_DIR), "mimic-edit": str(EDIT_DIR)},
         "failures": [{"index": r["index"], "error": r["error"]} for r in rows if "error" in r],
     }
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     if preview:
         write_preview(out, SynthCXR(size=size, seed=seed), range(min(pairs, 8)))
     return manifest
