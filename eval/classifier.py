@@ -8,7 +8,6 @@ evaluator carries its held-out accuracy in its JSON; ``Evaluator.load`` refuses 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from progemu.errors import ProgEmuError
+from progemu.io import write_atomic, write_json_atomic
 
 
 class SmallCXRNet(nn.Module):
@@ -108,11 +108,8 @@ class Evaluator:
         folder.mkdir(parents=True, exist_ok=True)
         st, js = folder / f"{self.spec.name}.safetensors", folder / f"{self.spec.name}.json"
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
-        save_file(state, str(st) + ".tmp")
-        os.replace(str(st) + ".tmp", st)
-        js.with_suffix(".json.tmp").write_text(json.dumps(asdict(self.spec), indent=2))
-        os.replace(js.with_suffix(".json.tmp"), js)
-        return js
+        write_atomic(st, lambda tmp: save_file(state, str(tmp)))
+        return write_json_atomic(js, asdict(self.spec))  # written last: a folder with the JSON is complete
 
     @classmethod
     def load(cls, folder: str | Path, name: str) -> Evaluator:

@@ -11,10 +11,10 @@ training and evaluation jobs call this again with the data and the metrics.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from progemu.io import write_text_atomic
 
 _LIMITS = """## Intended use and limits
 Research on counterfactual chest X-ray generation and its interpretation. **Not a medical device; not
@@ -104,12 +104,7 @@ def write_model_card(model_dir: str | Path, config: dict[str, Any] | None = None
     if config is None:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     text = render_model_card(config, num_parameters, data, metrics, training, notes)
-    fd, tmp = tempfile.mkstemp(prefix=".README.", dir=model_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    out = model_dir / "README.md"
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(model_dir / "README.md", text)
 
 
 __all__ = ["render_model_card", "write_model_card"]

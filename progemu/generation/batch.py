@@ -13,7 +13,6 @@ and the others go on; every file is written atomically; a re-run skips finished 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -27,29 +26,18 @@ from progemu.errors import ProgEmuError, RecordError
 from progemu.generation.guidance import overlay
 from progemu.generation.pipeline import CounterfactualPipeline, GenerationItem, GenerationResult, PipelineOptions
 from progemu.generation.region import load_user_mask
+from progemu.io import write_atomic, write_text_atomic
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:
     """(H, W) float in [0, 1] or uint8 (H, W[, 3]) -> PNG."""
     if arr.dtype != np.uint8:
         arr = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
-    _atomic(path, lambda p: Image.fromarray(arr).save(p, format="PNG"))
+    write_atomic(path, lambda p: Image.fromarray(arr).save(p, format="PNG"))
 
 
 def write_npy(path: Path, arr: np.ndarray) -> None:
@@ -57,7 +45,7 @@ def write_npy(path: Path, arr: np.ndarray) -> None:
         with open(p, "wb") as fh:
             np.save(fh, arr)
 
-    _atomic(path, save)
+    write_atomic(path, save)
 
 
 def _resolve(value: str, base: Path) -> Path:
@@ -132,7 +120,7 @@ class BatchRunner:
     def _flush(self) -> None:
         order = [i for i in self.order if i in self.results] + [i for i in self.results if i not in self.order]
         lines = "".join(json.dumps(self.results[i], sort_keys=True) + "\n" for i in order)  # manifest order
-        write_text(self.out / "results.jsonl", lines)
+        write_text_atomic(self.out / "results.jsonl", lines)
 
     def _error(self, item_id: str, err: BaseException) -> None:
         self.results[item_id] = {"id": item_id, "status": "error", "error": f"{type(err).__name__}: {err}"}
@@ -154,7 +142,7 @@ class BatchRunner:
             if r.image is not None:
                 write_png(folder / f"counterfactual{suffix}.png", r.image)
                 entry["counterfactual"] = f"counterfactual{suffix}.png"
-            write_text(folder / f"interpretation{suffix}.txt", r.text + "\n")
+            write_text_atomic(folder / f"interpretation{suffix}.txt", r.text + "\n")
             entry["interpretation_file"] = f"interpretation{suffix}.txt"
             if r.edit_mask is not None:
                 entry["edited_codes"] = int(r.edit_mask.sum())
@@ -173,7 +161,7 @@ class BatchRunner:
                   "seeds": [r.seed for r in results],
                   "timings": {**first.seconds, "note": "seconds of the whole batch this item ran in"},
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_text(folder / "record.json", json.dumps(record, indent=2, default=str) + "\n")  # last: marks done
+        write_text_atomic(folder / "record.json", json.dumps(record, indent=2, default=str) + "\n")  # last: marks done
         return result
 
     def _run_batch(self, batch: list[tuple[GenerationItem, GenerationItem]]) -> None:

@@ -208,12 +208,10 @@ def report(states: dict[str, FindingState], devices: tuple[str, ...], ctr: float
         if key == "cardiomegaly":
             sent.append(f"The heart is {st.severity}ly enlarged (cardiothoracic ratio about {ctr:.2f}).")
             imp.append(f"{_cap(st.severity)} cardiomegaly.")
-        elif key == "pleural_effusion":
-            sent.append(f"There is a {size} {st.side} pleural effusion.")
-            imp.append(f"{_cap(size)} {st.side} pleural effusion.")
-        elif key == "pneumothorax":
-            sent.append(f"There is a {size} {st.side} pneumothorax.")
-            imp.append(f"{_cap(size)} {st.side} pneumothorax.")
+        elif key in ("pleural_effusion", "pneumothorax"):  # sided: "a small left pleural effusion"
+            name = key.replace("_", " ")
+            sent.append(f"There is a {size} {st.side} {name}.")
+            imp.append(f"{_cap(size)} {st.side} {name}.")
         elif key == "edema":
             sent.append(f"There is {st.severity} pulmonary edema with perihilar haziness.")
             imp.append(f"{_cap(st.severity)} pulmonary edema.")
