@@ -7,7 +7,8 @@
     ``UnbatchedClassifierFreeGuidanceLogitsProcessor`` (how ProgEmu and Emu3 generate: the unconditional
     branch is a second forward with its own cache every step);
 (b) ``CounterfactualGenerator``: structural tokens appended, CFG rows in the same forward;
-(c) (b) with a region edit covering a quarter of the grid (forced codes fed in chunks).
+(c) (b) with a region edit covering a quarter of the grid (forced codes fed in chunks);
+(d) (b) with transformers' ``StaticCache`` instead of the generator's ``FilledCache`` (the cache alone).
 Random weights: speed does not depend on training. Prints medians over ``--repeats`` and the ratios.
 """
 
@@ -78,13 +79,14 @@ def reference(model, layout, prompts, nulls, args) -> int:
     return int(((new != layout.pad_id)).sum())
 
 
-def ours(gen, layout, prompts, nulls, codes, args, region: bool, phases: list | None = None) -> int:
+def ours(gen, layout, prompts, nulls, codes, args, region: bool, phases: list | None = None,
+         cache: str | None = None) -> int:
     mask = None
     if region:  # top-left quadrant: a quarter of the grid
         mask = torch.zeros(len(prompts), layout.grid_h, layout.grid_w, dtype=torch.bool)
         mask[:, : layout.grid_h // 2, : layout.grid_w // 2] = True
     opts = DecodeOptions(image=SamplingOptions(top_k=args.top_k), text=SamplingOptions(top_k=args.top_k),
-                         cfg_image=args.cfg, cfg_text=args.cfg, max_text_tokens=args.text_tokens, cache=args.cache)
+                         cfg_image=args.cfg, cfg_text=args.cfg, max_text_tokens=args.text_tokens, cache=cache or args.cache)
     out = gen.generate(prompts, null_prompts=nulls, prior_codes=codes if region else None, edit_mask=mask,
                        seeds=list(range(len(prompts))), options=opts)
     if phases is not None:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cache", default="static", choices=["dynamic", "static"])
+    p.add_argument("--cache", default="filled", choices=["filled", "static", "dynamic"])
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                img_full),
         "(c) (b) with a quarter-grid region": lambda: ours(gen, layout, prompts, nulls, codes, args, True,
                                                            img_region),
+        # the KV cache alone: transformers' StaticCache attends over all its slots, ours over the filled part
+        "(d) (b) with transformers' StaticCache": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
+                                                               cache="static"),
     }
     for fn in runs.values():  # warm-up (kernels, allocator)
         fn()

@@ -156,13 +156,17 @@ class ProgEmuProcessor(ProcessorMixin):
     # ---- training sequences --------------------------------------------------------------------------------
     def build_example(self, task: str, prior_codes: Any = None, target_codes: Any = None, prompt: str = "",
                       text: str = "", mask_mode: str | None = None, cfg_dropout: float = 0.0,
-                      prompt_augment: float = 0.0, rng: random.Random | None = None) -> dict[str, Any]:
+                      prompt_augment: float = 0.0, rng: random.Random | None = None,
+                      changed_code_weight: float = 1.0) -> dict[str, Any]:
         """One training sequence: ``{"input_ids", "labels", "loss_weights"}`` (python lists) + ``"task"``,
         ``"dropped_condition"``.
 
         ``labels`` equal ``input_ids`` on the segments ``mask_mode`` supervises and -100 elsewhere (the model
         shifts). ``cfg_dropout``: probability of dropping the prior AND the prompt together (the unconditional
         branch of classifier-free guidance). ``prompt_augment``: see `augment_prompt`.
+        ``changed_code_weight``: loss weight (x the image weight) of the target codes that differ from the prior's
+        code at the same cell (icg / edit): most target codes are copies, learnt early, and the few edited ones
+        would otherwise carry a small share of the loss.
         """
         self._check_task(task, prior_codes, target_codes)
         mode = mask_mode or self.mask_mode
@@ -183,7 +187,10 @@ class ProgEmuProcessor(ProcessorMixin):
             w = (self.image_loss_weight if role in _IMAGE_ROLES else self.text_loss_weight) if on else 0.0
             ids += seg
             labels += seg if on else [IGNORE_INDEX] * len(seg)
-            weights += [w] * len(seg)
+            if on and role == "target_image" and changed_code_weight != 1.0 and len(prior) == len(seg):
+                weights += [w * changed_code_weight if t != p else w for t, p in zip(seg, prior, strict=True)]
+            else:
+                weights += [w] * len(seg)
         self._check_length(len(ids), f"{task} sequence")
         return {"input_ids": ids, "labels": labels, "loss_weights": weights, "task": task,
                 "dropped_condition": drop}

@@ -34,7 +34,7 @@ def run(setup, **kw):
 
 def test_cached_and_uncached_greedy_agree(setup):
     outs = [run(setup, options=DecodeOptions(image=GREEDY, text=GREEDY, max_text_tokens=8, use_cache=c, cache=k))
-            for c, k in [(True, "dynamic"), (False, "dynamic"), (True, "static")]]
+            for c, k in [(True, "dynamic"), (False, "dynamic"), (True, "static"), (True, "filled")]]
     for out in outs[1:]:
         assert torch.equal(out.codes, outs[0].codes)
         assert out.text_ids == outs[0].text_ids
@@ -151,3 +151,15 @@ def test_sliced_head_equals_full_logits(setup):
     assert stream.head is not None  # the Llama split is used
     assert torch.allclose(stream.logits(lo, hi), full[:, lo:hi], atol=1e-4)
     assert torch.allclose(stream.logits(0, 10, torch.tensor([2, 0])), full[[2, 0], :10], atol=1e-4)
+
+
+def test_cache_kinds_agree_with_cfg_rows_dropped_for_text(setup):
+    """CFG on the image only: after the grid the unconditional rows are dropped (filled / dynamic) or kept
+    running (static); every cache kind must still give the uncached tokens."""
+    nulls = setup[4]
+    outs = [run(setup, null_prompts=nulls, options=DecodeOptions(image=GREEDY, text=GREEDY, cfg_image=2.5,
+                                                                 max_text_tokens=6, use_cache=c, cache=k))
+            for c, k in [(False, "dynamic"), (True, "filled"), (True, "dynamic"), (True, "static")]]
+    for out in outs[1:]:
+        assert torch.equal(out.codes, outs[0].codes)
+        assert out.text_ids == outs[0].text_ids

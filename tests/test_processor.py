@@ -57,6 +57,22 @@ def test_loss_weights_per_modality():
     assert (w[s:e] == 3.0).all() and (w[e:] == 0.5).all() and (w[:s] == 0).all()
 
 
+def test_changed_code_weight_marks_exactly_the_edited_cells():
+    proc = make_processor(image_loss_weight=2.0)
+    prior, _ = random_codes(proc, 2)
+    target = prior.clone()
+    target[0, 0] = (target[0, 0] + 1) % proc.layout.codebook_size  # two edited cells
+    target[-1, -1] = (target[-1, -1] + 1) % proc.layout.codebook_size
+    ex = proc.build_example("icg", prior, target, prompt=PROMPT, text=TEXT, changed_code_weight=5.0)
+    s, e = proc.layout.find_images(torch.tensor(ex["input_ids"]))[1]
+    w = torch.tensor(ex["loss_weights"])[s:e]
+    offs = proc.layout.code_offsets()
+    assert w[offs[0, 0]] == 10.0 and w[offs[-1, -1]] == 10.0
+    assert (w == 10.0).sum() == 2 and (w[w != 10.0] == 2.0).all()  # structural tokens and copies keep 2.0
+    plain = proc.build_example("icg", prior, target, prompt=PROMPT, text=TEXT)
+    assert plain["input_ids"] == ex["input_ids"] and plain["labels"] == ex["labels"]
+
+
 def test_cfg_dropout_drops_prior_and_prompt_together(proc):
     prior, target = random_codes(proc, 2)
     rng = random.Random(0)

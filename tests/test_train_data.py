@@ -134,7 +134,7 @@ def test_too_long_and_missing_shards_are_clear_errors(fixture, tmp_path):
 def test_config_presets_and_errors(tmp_path):
     from train.config import parse_config, resolve_path
 
-    for name in ("tiny-pretrain", "tiny-finetune", "base-pretrain", "base-finetune"):
+    for name in ("tiny-pretrain", "tiny-finetune", "base-pretrain", "base-finetune", "tiny-demo", "tiny-demo-2"):
         m, d, a = parse_config(["--output_dir", str(tmp_path / name), "--deepspeed", "none"], default_config=name)
         assert d.tasks and a.output_dir == str(tmp_path / name)
     m, d, a = parse_config(["--output_dir", str(tmp_path / "x"), "--deepspeed", "none", "--max_steps", "7",
@@ -148,6 +148,31 @@ def test_config_presets_and_errors(tmp_path):
         parse_config(["--output_dir", str(tmp_path), "--deepspeed", "none"], default_config=str(bad))
     with pytest.raises(ProgEmuError, match="presets"):
         parse_config([], default_config="no-such-preset")
+
+
+def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch):
+    """The two-stage tiny VQ: synth data, then stage 1 and the perceptual networks, then stage 2, then shards."""
+    from train import launch
+
+    for path, deps in launch.NEEDS.items():
+        assert path in launch.BUILDERS and path in launch.DONE and all(d in launch.BUILDERS for d in deps)
+    for init, stage in launch.INIT_STAGES.items():
+        assert stage[0] in launch.STAGES and init.endswith("/final")
+    monkeypatch.setattr(launch, "REPO", tmp_path)
+    ran: list[str] = []
+
+    def fake_sh(cmd, env=None):  # "build" the folder: its DONE file appears
+        out = next(p for p, c in launch.BUILDERS.items() if c == cmd)
+        ran.append(out)
+        (tmp_path / out).mkdir(parents=True, exist_ok=True)
+        (tmp_path / out / launch.DONE[out]).write_text("{}")
+
+    monkeypatch.setattr(launch, "sh", fake_sh)
+    launch.ensure("data/shards-128")
+    assert ran[0] == "data/synthcxr-128" and ran[-1] == "data/shards-128" and len(ran) == len(set(ran))
+    assert ran.index("runs/vq-tiny") > max(ran.index("runs/vq-tiny-base"), ran.index("runs/vq-perceptual"))
+    launch.ensure("data/shards-128")  # everything present: nothing runs again
+    assert len(ran) == 5
 
 
 def test_resume_resolution(tmp_path):

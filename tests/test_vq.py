@@ -97,7 +97,7 @@ def test_config_round_trip_and_errors():
 def _cfg(steps: int):
     from tokenizer.vq_presets import get_preset
 
-    return get_preset("tiny").replace(model={**SMALL, "quantizer": "vq"}, image_size=32, data="procedural",
+    return get_preset("tiny-base").replace(model={**SMALL, "quantizer": "vq"}, image_size=32, data="procedural",
                                       batch_size=8, steps=steps, warmup_steps=2, log_every=1, save_every=100,
                                       val_images=8)
 

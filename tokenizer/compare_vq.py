@@ -1,6 +1,6 @@
 """Compare quantizers (and grid sizes) for the tokenizer: same data, same steps, one table.
 
-Run: ``python -m tokenizer.compare_vq --preset tiny --steps 1000 --pool-pairs 3000 --out runs/vq-compare``
+Run: ``python -m tokenizer.compare_vq --preset tiny-base --steps 1000 --pool-pairs 3000 --out runs/vq-compare``
 (a GPU makes it minutes; each variant is a full ``train_vq`` run in ``OUT/<variant>/``; the table goes to
 ``OUT/compare.md`` and ``OUT/compare.json``). The SynthCXR training pool is generated once, in parallel.
 """
@@ -52,7 +52,7 @@ def make_pool(path: Path, size: int, n_images: int, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", default="tiny-base")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--pool-pairs", type=int, default=3000)
     ap.add_argument("--variants", default=",".join(VARIANTS))

@@ -1,11 +1,14 @@
 """Train the chest X-ray VQ tokenizer (ProgEmuVQModel).
 
 Run:
-    python -m tokenizer.train_vq --preset tiny --out runs/vq-tiny       # SynthCXR 128 px: ~1 min on a GPU, ~30+ min on 2 CPU cores
+    python -m tokenizer.train_vq --preset tiny-base --out runs/vq-tiny-base   # SynthCXR 128 px, plain: ~15 min on 2 CPU cores
+    python -m eval.train_evaluators --data data/synthcxr-128 --out runs/vq-perceptual --seed 1   # perceptual nets
+    python -m tokenizer.train_vq --preset tiny --out runs/vq-tiny   # + perceptual loss from tiny-base: ~20 min
     torchrun --nproc_per_node=8 -m tokenizer.train_vq --preset base --data DIR --out runs/vq-base   # GPUs, bf16
     (multi-node: torchrun --nnodes=N --node_rank=R --rdzv_endpoint=HOST:PORT ...; same flags)
 
-Loss: L1 (+ optional L2) + SSIM + image-gradient L1 + the quantizer's commitment loss; an optional patch-GAN
+Loss: L1 (+ optional L2) + SSIM + image-gradient L1 + the quantizer's commitment loss; optionally the perceptual
+loss of project-trained CXR classifiers (``tokenizer.perceptual``, from ``perceptual_start``) and a patch-GAN
 (hinge) after ``gan_start`` steps. Codebook usage (share used, perplexity) is logged; dead VQ codes are restarted
 by vector-quantize-pytorch (``vq_threshold_ema_dead_code``). A checkpoint in ``OUT/checkpoint/`` is written every
 ``save_every`` steps and the run resumes from it at the exact step (same data order). At the end ``OUT/`` holds the
@@ -80,6 +83,11 @@ def build(cfg: VQTrainConfig, resume_dir: Path | None, device: torch.device):
 
     if resume_dir is not None:
         model = ProgEmuVQModel.from_pretrained(resume_dir / "model").train()
+    elif cfg.init:  # fine-tune a trained tokenizer: its shape wins over the preset's
+        if not (Path(cfg.init) / "config.json").is_file():
+            raise FileNotFoundError(f"{cfg.init}: no trained VQ to start from (train it first, e.g. "
+                                    f"python -m tokenizer.train_vq --preset tiny-base --out {cfg.init})")
+        model = ProgEmuVQModel.from_pretrained(cfg.init).train()
     else:
         model = ProgEmuVQModel(ProgEmuVQConfig(**cfg.model))
     model.to(device)
@@ -124,6 +132,11 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
     loader = DataLoader(SourceDataset(source), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=True)
     usage = CodeUsage(raw.codebook_size)
+    perceptual = None
+    if cfg.perceptual and cfg.perceptual_weight > 0:
+        from tokenizer.perceptual import ClassifierFeatureLoss
+
+        perceptual = ClassifierFeatureLoss(cfg.perceptual).to(device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         log = (out / "train_log.jsonl").open("a")
@@ -145,6 +158,9 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
                  "aux": o.aux_loss.float()}
         loss = cfg.l1_weight * terms["l1"] + cfg.ssim_weight * terms["ssim"] + cfg.grad_weight * terms["grad"]
         loss = loss + terms["aux"]
+        if perceptual is not None and step >= cfg.perceptual_start:
+            terms["perc"] = perceptual(rec, x)
+            loss = loss + cfg.perceptual_weight * terms["perc"]
         if cfg.l2_weight:
             terms["l2"] = ((rec - x) ** 2).mean()
             loss = loss + cfg.l2_weight * terms["l2"]
@@ -226,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (SynthCXR is generated on CPU)")
     ap.add_argument("--quantizer", default=None, help="override the preset's quantizer: vq, fsq, lfq")
     ap.add_argument("--model-json", default=None, help="JSON dict of ProgEmuVQConfig overrides")
+    ap.add_argument("--perceptual", default=None, help="folder of trained CXR classifiers for the perceptual loss")
+    ap.add_argument("--perceptual-weight", type=float, default=None)
+    ap.add_argument("--init", default=None, help="start from this trained VQ folder (fine-tune)")
+    ap.add_argument("--warmup-steps", type=int, default=None)
     ap.add_argument("--stop-at", type=int, default=None, help="stop after this step with a checkpoint (resume later)")
     ap.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/checkpoint exists")
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: on GPUs)")
@@ -234,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)
-    changes = {k: getattr(args, k) for k in ("data", "data_format", "steps", "batch_size", "lr", "num_workers")
+    changes = {k: getattr(args, k) for k in ("data", "data_format", "steps", "batch_size", "lr", "num_workers",
+                                                  "perceptual", "perceptual_weight", "init", "warmup_steps")
                if getattr(args, k) is not None}
     model = json.loads(args.model_json) if args.model_json else {}
     if args.quantizer:

@@ -11,9 +11,9 @@ thresholds on both sides, so a difference comes from the reconstruction alone. I
 accuracy on reconstructions is within 3 points of that on the originals. ``--skip`` leaves out the split's first
 records, e.g. the 320 validate pairs that ``eval.train_evaluators`` scored (and calibrated thresholds) on.
 
-Layering: ``eval/`` never imports ``tokenizer/``; this measurement script (and only it) imports the public API
-of ``eval`` (``eval.classifier``, ``eval.data``, ``eval.scores``, ``eval.train_evaluators.train_one``) to score
-the tokenizer.
+Layering: ``eval/`` never imports ``tokenizer/``; this measurement script and the perceptual loss
+(``tokenizer.perceptual``, which reuses the evaluator network, trained separately) import the public API of
+``eval`` (``eval.classifier``, ``eval.data``, ``eval.scores``, ``eval.train_evaluators.train_one``).
 """
 
 from __future__ import annotations

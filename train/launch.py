@@ -28,14 +28,27 @@ STAGES = {"pretrain": ("train.pretrain", "tiny-pretrain"), "finetune": ("train.f
 BUILDERS = {
     "data/synthcxr-128": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128", "--size", "128",
                           "--pairs", "2000", "--workers", "2"],
+    # the tiny VQ in two stages (tokenizer/vq_presets.py): plain, then with the perceptual loss of its own networks
+    "runs/vq-tiny-base": [sys.executable, "-m", "tokenizer.train_vq", "--preset", "tiny-base", "--out",
+                          "runs/vq-tiny-base"],
+    "runs/vq-perceptual": [sys.executable, "-m", "eval.train_evaluators", "--data", "data/synthcxr-128", "--out",
+                           "runs/vq-perceptual", "--seed", "1"],
     "runs/vq-tiny": [sys.executable, "-m", "tokenizer.train_vq", "--preset", "tiny", "--out", "runs/vq-tiny"],
     "runs/text-tokenizer": [sys.executable, "-m", "tokenizer.train_text_tokenizer", "--out", "runs/text-tokenizer"],
     "data/shards-128": [sys.executable, "-m", "tokenizer.encode_dataset"],
+    "data/shards-128-base": [sys.executable, "-m", "tokenizer.encode_dataset", "--model", "runs/vq-tiny-base", "--out",
+                             "data/shards-128-base"],
 }
-NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["data/synthcxr-128"]}
+NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["runs/vq-tiny-base", "runs/vq-perceptual"],
+         "runs/vq-tiny-base": ["data/synthcxr-128"], "runs/vq-perceptual": ["data/synthcxr-128"],
+         "data/shards-128-base": ["data/synthcxr-128", "runs/vq-tiny-base"]}
 # the file each builder writes last (a half-written folder does not count)
-DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "runs/text-tokenizer": "tokenizer.json",
-        "data/shards-128": "encode_info.json"}
+DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "runs/vq-tiny-base": "metrics.json",
+        "runs/vq-perceptual": "summary.json", "runs/text-tokenizer": "tokenizer.json",
+        "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json"}
+# init_from folders that an earlier stage of the recipe writes: the stage's launch arguments
+INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
+               "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"]}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -104,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         if "processor" not in values or key == "shards":
             ensure(str(values.get(key, "")))
     init = values.get("init_from")
-    if a.stage == "finetune" and init == "runs/pretrain-tiny/final" and not (REPO / init / "config.json").exists():
-        print(f"{init} is missing: running the tiny pretrain stage first", flush=True)
-        main(["pretrain", *(["--ngpus", str(a.ngpus)] if a.ngpus else [])])
+    if init in INIT_STAGES and not (REPO / init / "config.json").exists():
+        print(f"{init} is missing: running its stage first ({' '.join(INIT_STAGES[init])})", flush=True)
+        main([*INIT_STAGES[init], *(["--ngpus", str(a.ngpus)] if a.ngpus else [])])
     run_args = ["--config", config, *(["--resume_from_checkpoint", "auto"] if a.resume else []), *rest]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))

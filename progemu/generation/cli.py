@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--max-text-tokens", type=int, default=128)
     s.add_argument("--cfg-image", type=float, default=1.0, help="CFG scale for the image codes (1 = off)")
     s.add_argument("--cfg-text", type=float, default=1.0, help="CFG scale for the text (1 = off)")
-    s.add_argument("--cache", choices=("dynamic", "static"), default="static", help="KV cache kind")
+    s.add_argument("--cache", choices=("filled", "static", "dynamic"), default="filled", help="KV cache kind")
     r = p.add_argument_group("region and guidance")
     r.add_argument("--region", choices=REGION_SOURCES, default="none",
                    help="edit-mask source for items without 'mask' / 'region'")

@@ -37,9 +37,9 @@ class DecodeOptions:
     cfg_text: float = 1.0
     max_text_tokens: int = 128
     use_cache: bool = True
-    # "static" preallocates the KV cache: no per-step concatenation of the whole cache (1.3x faster on CPU here);
-    # "dynamic" grows it, and can drop the CFG rows once only text without guidance is left
-    cache: str = "static"
+    # "filled" (kv_cache.FilledCache) preallocates and attends over the filled part only; "static" is transformers'
+    # StaticCache (attends over all max_length slots); "dynamic" concatenates the whole cache every step
+    cache: str = "filled"
 
     def to_dict(self) -> dict:
         return asdict(self)

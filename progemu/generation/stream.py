@@ -12,6 +12,8 @@ import inspect
 import torch
 from transformers import DynamicCache, StaticCache
 
+from progemu.generation.kv_cache import FilledCache
+
 
 def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
     """The cache keyword of this model's forward (``cache`` in transformers >= 5.x, else ``past_key_values``)."""
@@ -72,14 +74,18 @@ class TokenStream:
         self.tokens_fed = 0
         self.cache = None
         if use_cache:
-            if cache == "static":
+            if cache == "filled":
+                if max_length is None:
+                    raise ValueError("a preallocated cache needs max_length")
+                self.cache = FilledCache(model.config, max_length)
+            elif cache == "static":
                 if max_length is None:
                     raise ValueError("a static cache needs max_length")
                 self.cache = StaticCache(config=model.config, max_cache_len=max_length)
             elif cache == "dynamic":
                 self.cache = DynamicCache()
             else:
-                raise ValueError(f"unknown cache kind {cache!r} (dynamic or static)")
+                raise ValueError(f"unknown cache kind {cache!r} (filled, static or dynamic)")
         self.state = self._run(self.ids, self.positions)  # (R, D) hidden state, or (R, V) logits without a head
 
     @property
@@ -128,9 +134,11 @@ class TokenStream:
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (e.g. drop the CFG branch once no phase needs it)."""
         index = index.to(self.device)
-        if self.cache is not None:
-            if not isinstance(self.cache, DynamicCache):
-                return  # static caches keep a fixed batch; the extra rows just keep running
+        if isinstance(self.cache, FilledCache):
+            self.cache.select_rows(index)
+        elif isinstance(self.cache, DynamicCache):
             self.cache.batch_select_indices(index)
+        elif self.cache is not None:
+            return  # transformers' StaticCache keeps a fixed batch; the extra rows just keep running
         self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
         self.last_pos, self.state = self.last_pos[index], self.state[index]
