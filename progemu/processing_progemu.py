@@ -187,7 +187,8 @@ class ProgEmuProcessor(ProcessorMixin):
             w = (self.image_loss_weight if role in _IMAGE_ROLES else self.text_loss_weight) if on else 0.0
             ids += seg
             labels += seg if on else [IGNORE_INDEX] * len(seg)
-            if on and role == "target_image" and changed_code_weight != 1.0 and len(prior) == len(seg):
+            # not when the condition is dropped: without the prior in context "changed" means nothing
+            if on and role == "target_image" and changed_code_weight != 1.0 and not drop and len(prior) == len(seg):
                 weights += [w * changed_code_weight if t != p else w for t, p in zip(seg, prior, strict=True)]
             else:
                 weights += [w] * len(seg)

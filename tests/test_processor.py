@@ -71,6 +71,9 @@ def test_changed_code_weight_marks_exactly_the_edited_cells():
     assert (w == 10.0).sum() == 2 and (w[w != 10.0] == 2.0).all()  # structural tokens and copies keep 2.0
     plain = proc.build_example("icg", prior, target, prompt=PROMPT, text=TEXT)
     assert plain["input_ids"] == ex["input_ids"] and plain["labels"] == ex["labels"]
+    dropped = proc.build_example("icg", prior, target, prompt=PROMPT, text=TEXT, changed_code_weight=5.0,
+                                 cfg_dropout=1.0)  # no prior in context: "changed" means nothing, no extra weight
+    assert dropped["dropped_condition"] and 10.0 not in dropped["loss_weights"]
 
 
 def test_cfg_dropout_drops_prior_and_prompt_together(proc):

@@ -3,7 +3,7 @@
 Run:
     python -m tokenizer.train_vq --preset tiny-base --out runs/vq-tiny-base   # SynthCXR 128 px, plain: ~15 min on 2 CPU cores
     python -m eval.train_evaluators --data data/synthcxr-128 --out runs/vq-perceptual --seed 1   # perceptual nets
-    python -m tokenizer.train_vq --preset tiny --out runs/vq-tiny   # + perceptual loss from tiny-base: ~20 min
+    python -m tokenizer.train_vq --preset tiny --out runs/vq-tiny   # + perceptual loss from tiny-base: ~28 min
     torchrun --nproc_per_node=8 -m tokenizer.train_vq --preset base --data DIR --out runs/vq-base   # GPUs, bf16
     (multi-node: torchrun --nnodes=N --node_rank=R --rdzv_endpoint=HOST:PORT ...; same flags)
 
@@ -254,12 +254,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)
-    changes = {k: getattr(args, k) for k in ("data", "data_format", "steps", "batch_size", "lr", "num_workers",
-                                                  "perceptual", "perceptual_weight", "init", "warmup_steps")
+    keys = ("data", "data_format", "steps", "batch_size", "lr", "num_workers", "perceptual", "perceptual_weight", "init",
+            "warmup_steps")
+    changes = {k: getattr(args, k) for k in keys
                if getattr(args, k) is not None}
     model = json.loads(args.model_json) if args.model_json else {}
     if args.quantizer:
         model["quantizer"] = args.quantizer
+    if cfg.init or "init" in changes:
+        if model:  # the init folder's config decides the shape
+            raise SystemExit("--quantizer / --model-json cannot change a tokenizer fine-tuned from --init")
     cfg = cfg.replace(model=model, **changes)
     bf16 = {"auto": None, "on": True, "off": False}[args.bf16]
     metrics = train(cfg, args.out or f"runs/vq-{args.preset}", resume=not args.no_resume, bf16=bf16,

@@ -1,8 +1,8 @@
 """Named run configurations for ``tokenizer.train_vq``: the model shape (ProgEmuVQConfig kwargs) and the training knobs.
 
 - ``tiny-base`` then ``tiny``: SynthCXR at 128 px -> 16x16 codes (8x down). ``tiny-base``: 1,200 steps of L1 + SSIM +
-  gradients (~1 min on a GPU, ~15 min on 2 CPU cores); ``tiny``: 1,500 more steps from it with the classifier-feature
-  perceptual loss (``tokenizer.perceptual``; ~20 min on 2 CPU cores), which keeps the thin findings.
+  gradients (~1 min on a GPU, ~15 min on 2 CPU cores); ``tiny``: 2,400 more steps from it with the classifier-feature
+  perceptual loss (``tokenizer.perceptual``; ~28 min on 2 CPU cores), which keeps the thin findings.
 - ``tiny-f16``: the same at 16x down -> 8x8 codes (a quarter of the transformer's image tokens).
 - ``base``: 512 px -> 32x32 codes, codebook 1,024 (the UniXGen / LLM-CXR scale), for GPUs.
 - ``f8``: 512 px -> 64x64 codes (the ProgEmu / Emu3 scale), for GPUs.

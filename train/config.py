@@ -60,7 +60,8 @@ class DataArgs:
     image_loss_weight: float = 1.0
     text_loss_weight: float = 1.0
     changed_code_weight: float = field(default=1.0, metadata={
-        "help": "extra loss weight of target codes that differ from the prior's (the edit), icg / edit tasks"})
+        "help": "loss weight (x image_loss_weight) of target codes that differ from the prior's (the edit), icg / "
+                "edit tasks; the loss is normalised per token, not per weight, so > 1 also raises the loss scale"})
     cfg_dropout: float = field(default=0.1, metadata={"help": "probability of dropping prior and prompt together"})
     prompt_augment: bool = field(default=True, metadata={"help": "sentence shuffle / drop a negative sentence"})
     data_rounds: int = field(

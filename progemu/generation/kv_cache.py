@@ -48,8 +48,13 @@ class FilledLayer(StaticLayer):
     def reset(self) -> None:
         self.filled = 0
 
-    def crop(self, max_length: int) -> None:
-        self.filled = max_length if max_length >= 0 else max(0, self.filled + max_length)
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last ``-tokens_to_remove`` tokens (transformers 5: a non-positive count; 0 is a no-op)."""
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a non-positive number of tokens to remove")
+        self.filled = max(0, self.filled + tokens_to_remove)
+
+    batch_select_indices = select_rows  # what `Cache.batch_select_indices` calls on each layer
 
 
 class FilledCache(Cache):
