@@ -69,7 +69,8 @@ def render_model_card(config: dict[str, Any], num_parameters: int | None = None,
         arch["parameters"] = f"{num_parameters / 1e6:.1f} M"
     if vq:
         arch["image tokenizer"] = (f"VQ ({vq.get('quantizer', 'vq')}), codebook {vq.get('codebook_size')}, "
-                                   f"{2 ** (len(vq.get('channel_multipliers', [1])) - 1)}x downsampling (vq/)")
+                                   f"{int(vq.get('patch_size', 1)) * 2 ** (len(vq.get('channel_multipliers', [1])) - 1)}x "
+                                   "downsampling (vq/)")  # pixel-unshuffle patch x the conv levels
     parts = ["---", "library_name: transformers", "tags: [progemu, chest-x-ray, counterfactual, medical-imaging]",
              "---", "", "# ProgEmu model", "",
              "One decoder-only transformer that reads a prior chest X-ray (as VQ codes) and a what-if prompt, "

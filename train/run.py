@@ -52,9 +52,47 @@ def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any
         proc = ProgEmuProcessor(tok, codebook_size=vq.config.codebook_size, grid_h=int(row["grid_h"]),
                                 grid_w=int(row["grid_w"]), vq_model=vq,
                                 ingest_options={"size": int(row["grid_h"]) * f})
+    _use_the_shards_vq(proc, data_args, explicit=bool(data_args.processor))
     proc.mask_mode = data_args.loss_mask
     proc.image_loss_weight, proc.text_loss_weight = data_args.image_loss_weight, data_args.text_loss_weight
     return proc
+
+
+def shards_vq(shards: str) -> Path | None:
+    """The VQ folder that encoded the code shards (``encode_info.json``), when they name one that exists."""
+    models = set()
+    for folder in str(shards).split(","):
+        info = Path(folder.strip()) / "encode_info.json"
+        if info.is_file():
+            models.add(json.loads(info.read_text()).get("model"))
+    if len(models) != 1 or not models or None in models:
+        return None
+    path = Path(models.pop())
+    return path if (path / "config.json").is_file() else None
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def _use_the_shards_vq(proc: Any, data_args: DataArgs, explicit: bool) -> None:
+    """The processor saved with the model must hold the VQ whose codes the model learnt: a processor inherited
+    from ``init_from`` (e.g. a stage trained on another VQ's codes) gets the shards' VQ; a processor or ``vq``
+    named explicitly that disagrees with the shards is an error."""
+    from progemu.modeling_vq import ProgEmuVQModel
+
+    src = shards_vq(data_args.shards)
+    if src is None or proc.vq_model is None:
+        return
+    vq = ProgEmuVQModel.from_pretrained(src).eval()
+    if _same_weights(vq, proc.vq_model):
+        return
+    if explicit:
+        raise ProgEmuError(f"{data_args.processor}: its VQ is not the one that encoded {data_args.shards} ({src}); "
+                           "re-encode the shards or use that VQ's processor")
+    log.info("the processor's VQ did not encode %s: using the shards' VQ %s", data_args.shards, src)
+    proc.vq_model = vq
 
 
 def build_model(model_args: ModelArgs, processor: Any, max_length: int) -> torch.nn.Module:
