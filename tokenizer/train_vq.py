@@ -261,9 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     model = json.loads(args.model_json) if args.model_json else {}
     if args.quantizer:
         model["quantizer"] = args.quantizer
-    if cfg.init or "init" in changes:
-        if model:  # the init folder's config decides the shape
-            raise SystemExit("--quantizer / --model-json cannot change a tokenizer fine-tuned from --init")
+    if model and (cfg.init or "init" in changes):  # the init folder's config decides the shape
+        raise SystemExit("--quantizer / --model-json cannot change a tokenizer fine-tuned from --init")
     cfg = cfg.replace(model=model, **changes)
     bf16 = {"auto": None, "on": True, "off": False}[args.bf16]
     metrics = train(cfg, args.out or f"runs/vq-{args.preset}", resume=not args.no_resume, bf16=bf16,

@@ -34,7 +34,8 @@ class FilledLayer(StaticLayer):
         self.filled = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def select_rows(self, index: torch.Tensor) -> None:
+    def batch_select_indices(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows in ``index`` (``Cache.batch_select_indices`` calls this on every layer)."""
         if self.is_initialized:  # one copy of the kept rows, so later steps compute only those
             self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
             self.batch_size = int(index.numel())
@@ -54,8 +55,6 @@ class FilledLayer(StaticLayer):
             raise ValueError("crop takes a non-positive number of tokens to remove")
         self.filled = max(0, self.filled + tokens_to_remove)
 
-    batch_select_indices = select_rows  # what `Cache.batch_select_indices` calls on each layer
-
 
 class FilledCache(Cache):
     """One ``FilledLayer`` per decoder layer of ``config`` (full-attention models such as Llama)."""
@@ -66,8 +65,3 @@ class FilledCache(Cache):
         if any(t != "full_attention" for t in layer_types):
             raise ValueError(f"FilledCache serves full-attention layers only, not {sorted(set(layer_types))}")
         super().__init__(layers=[FilledLayer(max_cache_len) for _ in layer_types])
-
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Keep only the batch rows in ``index`` (e.g. drop the CFG rows once no phase needs them)."""
-        for layer in self.layers:
-            layer.select_rows(index)

@@ -134,9 +134,7 @@ class TokenStream:
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (e.g. drop the CFG branch once no phase needs it)."""
         index = index.to(self.device)
-        if isinstance(self.cache, FilledCache):
-            self.cache.select_rows(index)
-        elif isinstance(self.cache, DynamicCache):
+        if isinstance(self.cache, (FilledCache, DynamicCache)):
             self.cache.batch_select_indices(index)
         elif self.cache is not None:
             return  # transformers' StaticCache keeps a fixed batch; the extra rows just keep running
