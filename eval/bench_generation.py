@@ -8,7 +8,8 @@
     branch is a second forward with its own cache every step);
 (b) ``CounterfactualGenerator``: structural tokens appended, CFG rows in the same forward;
 (c) (b) with a region edit covering a quarter of the grid (forced codes fed in chunks);
-(d) (b) with transformers' ``StaticCache`` instead of the generator's ``FilledCache`` (the cache alone).
+(d) (b) with transformers' ``StaticCache`` instead of the generator's ``FilledCache`` (the cache alone);
+(e) (b) attending over the unconditional rows' left padding (``trim_padding=False``: the trimming alone).
 Random weights: speed does not depend on training. Prints medians over ``--repeats`` and the ratios.
 """
 
@@ -80,13 +81,14 @@ def reference(model, layout, prompts, nulls, args) -> int:
 
 
 def ours(gen, layout, prompts, nulls, codes, args, region: bool, phases: list | None = None,
-         cache: str | None = None) -> int:
+         cache: str | None = None, trim: bool = True) -> int:
     mask = None
     if region:  # top-left quadrant: a quarter of the grid
         mask = torch.zeros(len(prompts), layout.grid_h, layout.grid_w, dtype=torch.bool)
         mask[:, : layout.grid_h // 2, : layout.grid_w // 2] = True
     opts = DecodeOptions(image=SamplingOptions(top_k=args.top_k), text=SamplingOptions(top_k=args.top_k),
-                         cfg_image=args.cfg, cfg_text=args.cfg, max_text_tokens=args.text_tokens, cache=cache or args.cache)
+                         cfg_image=args.cfg, cfg_text=args.cfg, max_text_tokens=args.text_tokens, cache=cache or args.cache,
+                         trim_padding=trim)
     out = gen.generate(prompts, null_prompts=nulls, prior_codes=codes if region else None, edit_mask=mask,
                        seeds=list(range(len(prompts))), options=opts)
     if phases is not None:
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         # the KV cache alone: transformers' StaticCache attends over all its slots, ours over the filled part
         "(d) (b) with transformers' StaticCache": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
                                                                cache="static"),
+        "(e) (b) attending over the padding": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
+                                                           trim=False),
     }
     for fn in runs.values():  # warm-up (kernels, allocator)
         fn()

@@ -48,7 +48,8 @@ DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "r
         "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json"}
 # init_from folders that an earlier stage of the recipe writes: the stage's launch arguments
 INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
-               "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"]}
+               "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"],
+               "runs/finetune-demo-2/final": ["finetune", "--config", "tiny-demo-2"]}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:

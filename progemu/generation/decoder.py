@@ -40,6 +40,8 @@ class DecodeOptions:
     # "filled" (kv_cache.FilledCache) preallocates and attends over the filled part only; "static" is transformers'
     # StaticCache (attends over all max_length slots); "dynamic" concatenates the whole cache every step
     cache: str = "filled"
+    # skip the left padding the unconditional rows share when attending (generation/attention.py); same results
+    trim_padding: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +115,8 @@ class CounterfactualGenerator:
         rows = list(prompts) + (list(null_prompts) if cfg_rows else [])
         t0 = time.perf_counter()
         stream = TokenStream(self.model, rows, lay.pad_id, use_cache=opts.use_cache, cache=opts.cache,
-                             max_length=max(map(len, rows)) + img_len + opts.max_text_tokens)
+                             max_length=max(map(len, rows)) + img_len + opts.max_text_tokens,
+                             trim_padding=opts.trim_padding)
         device = stream.device
         gens = make_generators(seeds, device)
         seconds = {"prefill": time.perf_counter() - t0}

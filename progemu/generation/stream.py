@@ -12,6 +12,7 @@ import inspect
 import torch
 from transformers import DynamicCache, StaticCache
 
+from progemu.generation.attention import plan_blocks, trimmed_attention
 from progemu.generation.kv_cache import FilledCache
 
 
@@ -59,7 +60,7 @@ class TokenStream:
     """Rows fed to a causal LM step by step; ``logits(lo, hi)`` scores the next column over a vocabulary slice."""
 
     def __init__(self, model: torch.nn.Module, rows: list[list[int]], pad_id: int, *, use_cache: bool = True,
-                 cache: str = "dynamic", max_length: int | None = None):
+                 cache: str = "dynamic", max_length: int | None = None, trim_padding: bool = True):
         self.model = model
         self.device = next(model.parameters()).device
         self.use_cache = use_cache
@@ -68,6 +69,10 @@ class TokenStream:
         if self.decoder is not None:
             self.cache_kw = _forward_kwargs(self.decoder)[0]
         self.ids, self.mask = left_pad(rows, pad_id, self.device)  # (R, L)
+        # cached steps skip the left padding shared by a block of rows (attention.py); fed tokens are never padding
+        self.trim_padding = trim_padding and use_cache
+        self._pads = [self.ids.shape[1] - len(r) for r in rows]
+        self._blocks = plan_blocks(self._pads, self.ids.shape[1]) if self.trim_padding else None
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): real tokens count from 0
         self.last_pos = self.positions[:, -1].clone()  # (R,)
         self.forwards = 0
@@ -93,17 +98,22 @@ class TokenStream:
         return int(self.ids.shape[0])
 
     @torch.inference_mode()
-    def _run(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor, blocks=None) -> torch.Tensor:
         kwargs = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, "use_cache": self.use_cache}
         if self.use_cache:
             kwargs[self.cache_kw] = self.cache
         self.forwards += 1
         self.tokens_fed += int(ids.numel())
-        if self.decoder is not None:
-            return self.decoder(**kwargs).last_hidden_state[:, -1]  # (R, D)
-        if self.has_keep:
-            kwargs["logits_to_keep"] = 1
-        return self.model(**kwargs).logits[:, -1]  # (R, V)
+        net = self.decoder if self.decoder is not None else self.model
+        text_cfg = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+        with trimmed_attention(text_cfg if blocks else None) as trimmed:
+            if trimmed:
+                kwargs["kv_blocks"] = blocks
+            if self.decoder is not None:
+                return self.decoder(**kwargs).last_hidden_state[:, -1]  # (R, D)
+            if self.has_keep:
+                kwargs["logits_to_keep"] = 1
+            return self.model(**kwargs).logits[:, -1]  # (R, V)
 
     @torch.inference_mode()
     def logits(self, lo: int, hi: int, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,7 +137,7 @@ class TokenStream:
         self.positions = torch.cat([self.positions, new_pos], 1)
         self.last_pos = new_pos[:, -1]
         if self.use_cache:
-            self.state = self._run(cols, new_pos)
+            self.state = self._run(cols, new_pos, self._blocks)
         else:  # no cache: the whole history again (the reference the cached path must match)
             self.state = self._run(self.ids, self.positions)
 
@@ -140,3 +150,5 @@ class TokenStream:
             return  # transformers' StaticCache keeps a fixed batch; the extra rows just keep running
         self.ids, self.mask, self.positions = self.ids[index], self.mask[index], self.positions[index]
         self.last_pos, self.state = self.last_pos[index], self.state[index]
+        self._pads = [self._pads[i] for i in index.tolist()]
+        self._blocks = plan_blocks(self._pads, len(self.ids[0])) if self.trim_padding else None
