@@ -1,4 +1,5 @@
-"""Trimmed SDPA (generation/attention.py): skipping a block's shared left padding changes no result."""
+"""Trimmed SDPA and block prefill (generation/attention.py, stream.py): skipping a block's shared left padding
+changes no result."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def test_trimmed_steps_equal_plain_sdpa_and_are_used(model, layout, monkeypatch)
     plain = TokenStream(model, rows, layout.pad_id, cache="filled", max_length=64, trim_padding=False)
     trimmed = TokenStream(model, rows, layout.pad_id, cache="filled", max_length=64)
     assert trimmed._blocks is not None and len(trimmed._blocks) == 2
+    # the prompt pass runs per block without the shared padding: fewer tokens, the same last states
+    assert trimmed.tokens_fed < plain.tokens_fed and trimmed.forwards == plain.forwards == 1
+    torch.testing.assert_close(trimmed.state, plain.state, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(attention, "sdpa_attention_forward", counting)
     g = torch.Generator().manual_seed(1)
     for k in (1, 1, 3, 1):  # single steps and a chunk of forced tokens

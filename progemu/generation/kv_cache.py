@@ -40,6 +40,19 @@ class FilledLayer(StaticLayer):
             self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
             self.batch_size = int(index.numel())
 
+    def write_block(self, rows: int, start: int, end: int, first: int, part: FilledLayer) -> None:
+        """Copy ``part``'s filled slots into batch rows [start, end), slots from ``first`` on (a block of rows
+        prefilled on its own, without the left padding it shares); the layer holds ``rows`` rows in all."""
+        if not self.is_initialized:  # zeros elsewhere: slots the block's rows never attend to (masked)
+            self.lazy_initialization(part.keys.new_empty((rows, part.keys.shape[1], 0, part.keys.shape[-1])),
+                                     part.values.new_empty((rows, part.values.shape[1], 0, part.values.shape[-1])))
+        end_slot = first + part.filled
+        if end_slot > self.max_cache_len:
+            raise ValueError(f"KV cache full: {end_slot} tokens > max_cache_len {self.max_cache_len}")
+        self.keys[start:end, :, first:end_slot].copy_(part.keys[:, :, : part.filled])
+        self.values[start:end, :, first:end_slot].copy_(part.values[:, :, : part.filled])
+        self.filled = max(self.filled, end_slot)
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.filled + query_length, 0  # called before `update`: the cache plus the incoming tokens
 
@@ -65,3 +78,9 @@ class FilledCache(Cache):
         if any(t != "full_attention" for t in layer_types):
             raise ValueError(f"FilledCache serves full-attention layers only, not {sorted(set(layer_types))}")
         super().__init__(layers=[FilledLayer(max_cache_len) for _ in layer_types])
+        self.max_cache_len = max_cache_len
+
+    def write_block(self, rows: int, start: int, end: int, first: int, part: FilledCache) -> None:
+        """`FilledLayer.write_block` on every layer."""
+        for layer, src in zip(self.layers, part.layers, strict=True):
+            layer.write_block(rows, start, end, first, src)

@@ -91,17 +91,35 @@ class TokenStream:
                 self.cache = DynamicCache()
             else:
                 raise ValueError(f"unknown cache kind {cache!r} (filled, static or dynamic)")
-        self.state = self._run(self.ids, self.positions)  # (R, D) hidden state, or (R, V) logits without a head
+        self.state = self._prefill()  # (R, D) hidden state, or (R, V) logits without a head
 
     @property
     def rows(self) -> int:
         return int(self.ids.shape[0])
 
     @torch.inference_mode()
-    def _run(self, ids: torch.Tensor, positions: torch.Tensor, blocks=None) -> torch.Tensor:
-        kwargs = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions, "use_cache": self.use_cache}
+    def _prefill(self) -> torch.Tensor:
+        """The prompts' forward; with a filled cache and a trimming plan, one forward per row block, each
+        without the left padding its rows share (the unconditional rows' ~300 padding slots cost nothing)."""
+        blocks = self._blocks
+        if not (blocks and isinstance(self.cache, FilledCache) and any(first > 0 for *_, first in blocks)):
+            return self._run(self.ids, self.positions)
+        states, width, forwards = [], self.ids.shape[1], self.forwards
+        for start, end, first in blocks:
+            part = FilledCache(self.model.config, width - first)
+            states.append(self._run(self.ids[start:end, first:], self.positions[start:end, first:],
+                                    mask=self.mask[start:end, first:], cache=part))
+            self.cache.write_block(self.rows, start, end, first, part)
+        self.forwards = forwards + 1  # one prompt pass, however many blocks (`forwards` counts decoding steps)
+        return torch.cat(states, 0)
+
+    @torch.inference_mode()
+    def _run(self, ids: torch.Tensor, positions: torch.Tensor, blocks=None, mask: torch.Tensor | None = None,
+             cache=None) -> torch.Tensor:
+        mask = self.mask if mask is None else mask
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": self.use_cache}
         if self.use_cache:
-            kwargs[self.cache_kw] = self.cache
+            kwargs[self.cache_kw] = self.cache if cache is None else cache
         self.forwards += 1
         self.tokens_fed += int(ids.numel())
         net = self.decoder if self.decoder is not None else self.model
