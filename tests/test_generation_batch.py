@@ -110,6 +110,22 @@ def test_pipeline_region_keeps_prior_codes_outside(pipe):
         assert torch.equal(r.codes[~r.edit_mask], codes[~r.edit_mask])
 
 
+def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):
+    prior = np.random.default_rng(4).random((32, 32)).astype(np.float32)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 16:] = True
+    item = GenerationItem("p", image=prior, prompt="new consolidation in the right lower lung.", mask=mask)
+    base = PipelineOptions(decode=DecodeOptions(max_text_tokens=2), dilate=0, seed=7)
+    plain = pipe([item], base)[0]
+    pasted = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=2), dilate=0, seed=7,
+                                          paste_prior=True))[0]
+    cell = 32 // pipe.layout.grid_h
+    inside = np.kron(pasted.edit_mask.numpy(), np.ones((cell, cell))).astype(bool)
+    assert np.array_equal(pasted.image[~inside], prior[~inside])  # outside: the prior, bit for bit
+    assert not np.allclose(plain.image[~inside], prior[~inside], atol=1e-3)  # which the VQ decoder alone is not
+    assert torch.equal(pasted.codes, plain.codes) and pasted.text == plain.text  # pasting touches pixels only
+
+
 def test_report_to_image_and_image_to_report(pipe):
     items = [GenerationItem("r", prompt="cardiomegaly is unchanged.")]
     img = pipe(items, PipelineOptions(mode="report2image", decode=DecodeOptions(max_text_tokens=0)))[0]

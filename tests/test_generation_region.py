@@ -9,7 +9,15 @@ from PIL import Image
 
 from progemu.errors import IngestError
 from progemu.generation.guidance import auto_edit_mask, overlay, relevance_grid, upsample
-from progemu.generation.region import dilate, load_user_mask, nih_prior, parse_finding, read_nih_boxes, to_grid
+from progemu.generation.region import (
+    dilate,
+    load_user_mask,
+    nih_prior,
+    parse_finding,
+    paste_prior,
+    read_nih_boxes,
+    to_grid,
+)
 from tests._gen_helpers import prompt_for, tiny_layout, tiny_model
 
 
@@ -90,3 +98,21 @@ def test_guidance_shape_and_range(method):
     m = auto_edit_mask(rel[0], 0.5, anatomy_grid=torch.zeros(layout.grid_h, layout.grid_w))
     assert not m.any()
     assert auto_edit_mask(rel[0], 1.0).sum() >= 1  # the peak itself passes
+
+
+def test_paste_prior_blends_only_inside_the_mask():
+    rng = np.random.default_rng(0)
+    edited, prior = rng.random((64, 64)).astype(np.float32), rng.random((64, 64)).astype(np.float32)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[1:7, 1:4] = True
+    mask[1:4, 4:7] = True  # an L shape: its inner corner must not leak the edit outside
+    out = paste_prior(edited, prior, mask)
+    hard = np.kron(mask.numpy(), np.ones((8, 8))).astype(bool)
+    assert np.array_equal(out[~hard], prior[~hard])
+    core = np.kron(dilate(~mask, 1).logical_not().numpy(), np.ones((8, 8))).astype(bool)  # >= 1 cell inside
+    assert core.any() and np.allclose(out[core], edited[core])
+    w = (out - prior) / (edited - prior)
+    assert (w[hard] >= -1e-5).all() and (w[hard] <= 1 + 1e-5).all()  # a convex blend in between
+    assert np.array_equal(paste_prior(edited, prior, torch.ones(8, 8, dtype=torch.bool), feather=0), edited)
+    with pytest.raises(ValueError, match="differ in size"):
+        paste_prior(edited[:32], prior, mask)

@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     r.add_argument("--tau", type=float, default=0.1, help="threshold of the automatic mask (0 = unrestricted)")
     r.add_argument("--dilate", type=int, default=1, help="grow edit masks by this many code cells")
     r.add_argument("--guidance", choices=(*METHODS, "none"), default="kl")
+    r.add_argument("--paste-prior", action="store_true",
+                   help="keep the prior's pixels outside the edit region (the VQ decoder alters copied codes' pixels)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--overwrite", action="store_true", help="redo items that are already finished")
@@ -59,7 +61,8 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     decode = DecodeOptions(image=image, text=text, cfg_image=args.cfg_image, cfg_text=args.cfg_text,
                            max_text_tokens=args.max_text_tokens, cache=args.cache)
     return PipelineOptions(mode=args.mode, task=args.task, decode=decode, region=args.region, tau=args.tau,
-                           dilate=args.dilate, guidance=args.guidance, num_samples=args.num_samples, seed=args.seed)
+                           dilate=args.dilate, guidance=args.guidance, num_samples=args.num_samples, seed=args.seed,
+                           paste_prior=args.paste_prior)
 
 
 def run(args: argparse.Namespace) -> int:

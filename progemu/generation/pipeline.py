@@ -32,6 +32,7 @@ from progemu.generation.region import (
     dilate,
     load_user_mask,
     parse_finding,
+    paste_prior,
     to_grid,
 )
 
@@ -48,6 +49,7 @@ class PipelineOptions:
     region: str = "none"  # default edit-mask source for items that name none: none | mask | anatomy | auto
     tau: float = 0.1  # threshold of the automatic mask (0 = unrestricted)
     dilate: int = 1  # cells added around a mask (a local edit spreads over neighbouring codes)
+    paste_prior: bool = False  # keep the prior's pixels outside the edit mask (region.paste_prior)
     guidance: str = "kl"  # kl | nll | none
     num_samples: int = 1
     seed: int = 0
@@ -228,6 +230,8 @@ class CounterfactualPipeline:
         images = proc.decode_codes(out.codes) if out.codes is not None else None  # (B*k, H, W)
         seconds = {"load": t_load, "guidance": t_guid, **{f"decode_{a}": b for a, b in out.seconds.items()}}
         results = []
+        if images is not None and edit_mask is not None and opts.paste_prior:
+            images = [paste_prior(images[row], priors[i], edit_mask[row]) for row, i in enumerate(rep)]
         for row, i in enumerate(rep):
             text = proc.tokenizer.decode(out.text_ids[row], skip_special_tokens=True).strip()
             g = guid_grids[i]

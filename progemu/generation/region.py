@@ -8,6 +8,9 @@ True = the code is sampled, False = the prior's code is copied. Sources:
 - ``auto``: guidance map x anatomical prior >= tau (see ``guidance.auto_edit_mask``);
 - ``none``: the whole grid.
 
+`paste_prior` then keeps the prior's pixels outside the mask: copied codes still pass through the VQ decoder,
+which blurs them (PSNR ~30 dB), so only pasting makes "nothing outside the region changes" hold in pixels.
+
 A cell is editable when any part of it is (``min_coverage=0``): a local change in pixels touches every code
 whose patch it overlaps. ``dilate`` widens a mask by whole cells, because the tokenizer's receptive field
 spreads a local edit over neighbouring codes (NOTES.md: one finding changed ~20 of 64 codes).
@@ -158,3 +161,22 @@ def anatomy_map(finding: str, size: int, laterality: str | None = None, use_nih:
     if use_nih and (nih := nih_prior(finding, size, laterality)) is not None:
         maps.append(nih)
     return np.clip(np.maximum.reduce(maps), 0, 1) if maps else None
+
+
+def paste_prior(edited: np.ndarray, prior: np.ndarray, mask: torch.Tensor, feather: int | None = None) -> np.ndarray:
+    """(H, W) edited image with the prior's pixels outside the (h, w) edit ``mask`` (True = edited).
+
+    Outside the mask the result equals ``prior`` exactly; inside, the edit takes over within ``feather``
+    pixels of the border (default half a code cell), so no seam shows where decoded and original pixels meet.
+    """
+    if edited.shape != prior.shape:
+        raise ValueError(f"edited image {edited.shape} and prior {prior.shape} differ in size")
+    height, width = prior.shape
+    hard = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], size=(height, width), mode="nearest")
+    r = max(1, height // mask.shape[0] // 2) if feather is None else int(feather)
+    w = hard
+    if r > 0:  # box blur, rescaled to reach 0 at the border and 1 from r pixels inside; x hard for inner corners
+        soft = F.avg_pool2d(F.pad(hard, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+        w = (2 * soft - 1).clamp(0, 1) * hard
+    w = w[0, 0].numpy()
+    return (w * edited + (1 - w) * prior).astype(np.float32)
