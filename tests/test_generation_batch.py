@@ -1,6 +1,7 @@
 """The batch command and pipeline on a random tiny model folder: outputs, error records, resume, regions."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -83,6 +84,18 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp  # finished item skipped
     assert (out / "ok1" / "counterfactual.png").read_bytes() == before  # redone, same seed, same image
     assert len((out / "results.jsonl").read_text().splitlines()) == 7
+
+    # other options (or other weights, or another prompt for the id): the finished items are redone, not reused
+    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
+    assert json.loads((out / "ok2" / "record.json").read_text())["options"]["decode"]["cfg_text"] == 1.5
+    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
+    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp  # the same job again: skipped
+    weights = model_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
+    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
 
 
 def test_pipeline_region_keeps_prior_codes_outside(pipe):

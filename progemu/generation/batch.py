@@ -107,14 +107,24 @@ class BatchRunner:
         self.order: list[str] = []
 
     # ---- bookkeeping --------------------------------------------------------------------------------------
-    def _finished(self, item_id: str) -> dict | None:
-        rec = self.out / item_id / "record.json"
+    def _signature(self, src: GenerationItem) -> dict[str, Any]:
+        """What an item's output depends on: its inputs, the options and the weights (as JSON would hold them)."""
+        sig = {"inputs": {"image": str(src.image) if src.image is not None else None, "prompt": src.prompt,
+                          "mask": str(src.mask) if src.mask is not None else None, "region": src.region},
+               "options": self.opts.to_dict(), "model": getattr(self.pipe, "source", None)}
+        return json.loads(json.dumps(sig, default=str))
+
+    def _finished(self, item: GenerationItem) -> dict | None:
+        """The recorded result when the item was done before with the same inputs, options and weights."""
+        rec = self.out / item.id / "record.json"
         if self.overwrite or not rec.is_file():
             return None
         try:
             data = json.loads(rec.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None  # a damaged record: do the item again
+        if any(data.get(key) != value for key, value in self._signature(item).items()):
+            return None  # made with other settings or weights: redo it rather than mix two runs
         return data.get("result") if data.get("status") == "ok" else None
 
     def _flush(self) -> None:
@@ -154,10 +164,7 @@ class BatchRunner:
             write_png(folder / "guidance.png", overlay(first.prior, first.guidance))
             files = {"guidance_png": "guidance.png", "guidance_npy": "guidance.npy"}
         result = {"id": item.id, "status": "ok", "folder": str(folder), "samples": samples, **files}
-        record = {"status": "ok", "result": result,
-                  "inputs": {"image": str(src.image) if src.image is not None else None, "prompt": src.prompt,
-                             "mask": str(src.mask) if src.mask is not None else None, "region": src.region},
-                  "options": self.opts.to_dict(), "region": first.region,
+        record = {"status": "ok", "result": result, **self._signature(src), "region": first.region,
                   "seeds": [r.seed for r in results],
                   "timings": {**first.seconds, "note": "seconds of the whole batch this item ran in"},
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -191,7 +198,7 @@ class BatchRunner:
         for e in entries:
             if isinstance(e, dict):
                 self.results[e["id"]] = e
-            elif (done := self._finished(e.id)) is not None:
+            elif (done := self._finished(e)) is not None:
                 self.results[e.id] = done
                 counts["skipped"] += 1
             else:

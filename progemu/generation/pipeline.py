@@ -97,6 +97,15 @@ class GenerationResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def weights_fingerprint(path: str | Path) -> str:
+    """The model folder and the size and time of its weight files: a re-run of a batch job redoes the items
+    made with other weights (say a newer checkpoint in the same folder) instead of keeping them."""
+    root = Path(path).resolve()
+    files = sorted(f for pattern in ("*.safetensors", "vq/*.safetensors") for f in root.glob(pattern))
+    stamp = ";".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    return f"{root}#{zlib.crc32(stamp.encode()):08x}"
+
+
 def item_seed(seed: int, item_id: str, sample: int) -> int:
     """A seed fixed by (run seed, item id, sample index) alone."""
     return zlib.crc32(f"{seed}:{item_id}:{sample}".encode()) & 0x7FFFFFFF
@@ -105,8 +114,9 @@ def item_seed(seed: int, item_id: str, sample: int) -> int:
 class CounterfactualPipeline:
     """Model + processor (with its VQ) -> batched counterfactuals, interpretations and guidance maps."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any):
+    def __init__(self, model: torch.nn.Module, processor: Any, source: str | None = None):
         self.model = model.eval()
+        self.source = source  # what the weights came from (`weights_fingerprint`), recorded with every output
         self.processor = processor
         self.layout = processor.layout
         self.generator = CounterfactualGenerator(self.model, self.layout)
@@ -126,7 +136,7 @@ class CounterfactualPipeline:
         processor.check_model_config(model.config)
         if processor.vq_model is not None:
             processor.vq_model.to(device)
-        return cls(model, processor)
+        return cls(model, processor, source=weights_fingerprint(path))
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def load_prior(self, image: str | Path | np.ndarray) -> np.ndarray:
