@@ -9,7 +9,8 @@ rows into at most two contiguous blocks (conditional | unconditional), each star
 its rows uses; `trimmed_sdpa` then runs transformers' own SDPA once per block on *views* of the cache (no copy).
 Results equal plain SDPA: the skipped slots are masked out for every row of the block.
 
-Only for steps whose query tokens are all real (decoding, chunk feeds), never for the padded prefill.
+Only for steps whose query tokens are all real (decoding, chunk feeds); the prompt pass instead runs once per
+block on the trimmed rows (`stream.TokenStream._prefill`), so the padding is never computed either.
 """
 
 from __future__ import annotations
