@@ -68,6 +68,8 @@ class TokenStream:
         self.decoder, self.head = split_head(model)
         if self.decoder is not None:
             self.cache_kw = _forward_kwargs(self.decoder)[0]
+        net = self.decoder if self.decoder is not None else model
+        self._attn_config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
         self.ids, self.mask = left_pad(rows, pad_id, self.device)  # (R, L)
         # cached steps skip the left padding shared by a block of rows (attention.py); fed tokens are never padding
         self.trim_padding = trim_padding and use_cache
@@ -122,9 +124,7 @@ class TokenStream:
             kwargs[self.cache_kw] = self.cache if cache is None else cache
         self.forwards += 1
         self.tokens_fed += int(ids.numel())
-        net = self.decoder if self.decoder is not None else self.model
-        text_cfg = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
-        with trimmed_attention(text_cfg if blocks else None) as trimmed:
+        with trimmed_attention(self._attn_config if blocks else None) as trimmed:
             if trimmed:
                 kwargs["kv_blocks"] = blocks
             if self.decoder is not None:
