@@ -88,12 +88,24 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     # other options (or other weights, or another prompt for the id): the finished items are redone, not reused
     main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
     assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
+    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
+    main([*args[:-2], "--cfg-text", "1.5", "--cache", "dynamic", "--device", "cpu"])  # a speed-only setting
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp
+    _image(tmp_path / "p2.png", 9, (64, 64))  # another image under the same path
+    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
     assert json.loads((out / "ok2" / "record.json").read_text())["options"]["decode"]["cfg_text"] == 1.5
     stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
     main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
     assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp  # the same job again: skipped
     weights = model_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
+    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
+    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
+    main([*args[:-2], "--cfg-text", "1.5", "--cache", "dynamic", "--device", "cpu"])  # a speed-only setting
+    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp
+    _image(tmp_path / "p2.png", 9, (64, 64))  # another image under the same path
     main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
     assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
 

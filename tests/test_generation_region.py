@@ -114,5 +114,8 @@ def test_paste_prior_blends_only_inside_the_mask():
     w = (out - prior) / (edited - prior)
     assert (w[hard] >= -1e-5).all() and (w[hard] <= 1 + 1e-5).all()  # a convex blend in between
     assert np.array_equal(paste_prior(edited, prior, torch.ones(8, 8, dtype=torch.bool), feather=0), edited)
+    one = torch.zeros(8, 8, dtype=torch.bool)
+    one[5, 5] = True  # a single cell: the edit still reaches full weight at its centre
+    assert np.allclose(paste_prior(edited, prior, one)[43:45, 43:45], edited[43:45, 43:45])
     with pytest.raises(ValueError, match="differ in size"):
         paste_prior(edited[:32], prior, mask)

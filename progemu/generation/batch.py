@@ -96,6 +96,18 @@ def read_manifest(path: str | Path, mode: str) -> list[GenerationItem | dict]:
     return out
 
 
+def _file_stamp(path: str | Path | None) -> str | None:
+    """``resolved path:size:mtime_ns`` of an input file (its path alone when it cannot be read; None for none)."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return str(p)
+    return f"{p}:{st.st_size}:{st.st_mtime_ns}"
+
+
 class BatchRunner:
     """Runs a manifest through a pipeline in batches, writing per-item folders and ``results.jsonl``."""
 
@@ -108,10 +120,14 @@ class BatchRunner:
 
     # ---- bookkeeping --------------------------------------------------------------------------------------
     def _signature(self, src: GenerationItem) -> dict[str, Any]:
-        """What an item's output depends on: its inputs, the options and the weights (as JSON would hold them)."""
-        sig = {"inputs": {"image": str(src.image) if src.image is not None else None, "prompt": src.prompt,
-                          "mask": str(src.mask) if src.mask is not None else None, "region": src.region},
-               "options": self.opts.to_dict(), "model": getattr(self.pipe, "source", None)}
+        """What an item's output depends on, as JSON holds it: its inputs (files by resolved path, size and time),
+        the options that change results (not the speed-only cache settings) and the weights."""
+        options = self.opts.to_dict()
+        for speed_only in ("cache", "trim_padding"):
+            options["decode"].pop(speed_only, None)
+        sig = {"inputs": {"image": _file_stamp(src.image), "prompt": src.prompt, "mask": _file_stamp(src.mask),
+                          "region": src.region},
+               "options": options, "model": getattr(self.pipe, "source", None)}
         return json.loads(json.dumps(sig, default=str))
 
     def _finished(self, item: GenerationItem) -> dict | None:

@@ -98,10 +98,11 @@ class GenerationResult:
 
 
 def weights_fingerprint(path: str | Path) -> str:
-    """The model folder and the size and time of its weight files: a re-run of a batch job redoes the items
-    made with other weights (say a newer checkpoint in the same folder) instead of keeping them."""
+    """The model folder and the size and time of its weight and config files: a re-run of a batch job redoes
+    the items made with other weights (say a newer checkpoint in the same folder) instead of keeping them."""
     root = Path(path).resolve()
-    files = sorted(f for pattern in ("*.safetensors", "vq/*.safetensors") for f in root.glob(pattern))
+    patterns = ("*.safetensors", "*.bin", "*.json", "vq/*.safetensors", "vq/*.bin", "vq/*.json")
+    files = sorted(f for pattern in patterns for f in root.glob(pattern))
     stamp = ";".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
     return f"{root}#{zlib.crc32(stamp.encode()):08x}"
 
@@ -136,7 +137,8 @@ class CounterfactualPipeline:
         processor.check_model_config(model.config)
         if processor.vq_model is not None:
             processor.vq_model.to(device)
-        return cls(model, processor, source=weights_fingerprint(path))
+        # the dtype too: bf16 and fp32 outputs of the same weights differ
+        return cls(model, processor, source=f"{weights_fingerprint(path)}:{next(model.parameters()).dtype}")
 
     # ---- inputs -------------------------------------------------------------------------------------------
     def load_prior(self, image: str | Path | np.ndarray) -> np.ndarray:

@@ -167,13 +167,14 @@ def paste_prior(edited: np.ndarray, prior: np.ndarray, mask: torch.Tensor, feath
     """(H, W) edited image with the prior's pixels outside the (h, w) edit ``mask`` (True = edited).
 
     Outside the mask the result equals ``prior`` exactly; inside, the edit takes over within ``feather``
-    pixels of the border (default half a code cell), so no seam shows where decoded and original pixels meet.
+    pixels of the border (default just under half a code cell), so no seam shows where decoded and original pixels meet.
     """
     if edited.shape != prior.shape:
         raise ValueError(f"edited image {edited.shape} and prior {prior.shape} differ in size")
     height, width = prior.shape
     hard = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], size=(height, width), mode="nearest")
-    r = max(1, height // mask.shape[0] // 2) if feather is None else int(feather)
+    # default: under half a cell, so the window (2r + 1 pixels) fits in one cell and a one-cell edit reaches 1
+    r = max(1, (height // mask.shape[0] - 1) // 2) if feather is None else int(feather)
     w = hard
     if r > 0:  # box blur, rescaled to reach 0 at the border and 1 from r pixels inside; x hard for inner corners
         soft = F.avg_pool2d(F.pad(hard, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
