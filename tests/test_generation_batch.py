@@ -85,29 +85,23 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     assert (out / "ok1" / "counterfactual.png").read_bytes() == before  # redone, same seed, same image
     assert len((out / "results.jsonl").read_text().splitlines()) == 7
 
-    # other options (or other weights, or another prompt for the id): the finished items are redone, not reused
-    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
-    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
-    main([*args[:-2], "--cfg-text", "1.5", "--cache", "dynamic", "--device", "cpu"])  # a speed-only setting
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp
+    # other options, another input file or other weights: the finished items are redone, not reused
+    record = out / "ok2" / "record.json"
+
+    def redone(*extra: str) -> bool:
+        before = record.stat().st_mtime_ns
+        main([*args[:-2], "--cfg-text", "1.5", *extra, "--device", "cpu"])
+        return record.stat().st_mtime_ns != before
+
+    assert redone()  # other options
+    assert json.loads(record.read_text())["options"]["decode"]["cfg_text"] == 1.5
+    assert not redone()  # the same job again: skipped
+    assert not redone("--cache", "dynamic")  # a speed-only setting
     _image(tmp_path / "p2.png", 9, (64, 64))  # another image under the same path
-    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
-    assert json.loads((out / "ok2" / "record.json").read_text())["options"]["decode"]["cfg_text"] == 1.5
-    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
-    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp  # the same job again: skipped
+    assert redone()
     weights = model_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
-    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
-    stamp = (out / "ok2" / "record.json").stat().st_mtime_ns
-    main([*args[:-2], "--cfg-text", "1.5", "--cache", "dynamic", "--device", "cpu"])  # a speed-only setting
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp
-    _image(tmp_path / "p2.png", 9, (64, 64))  # another image under the same path
-    main([*args[:-2], "--cfg-text", "1.5", "--device", "cpu"])
-    assert (out / "ok2" / "record.json").stat().st_mtime_ns != stamp
+    assert redone()
 
 
 def test_pipeline_region_keeps_prior_codes_outside(pipe):
