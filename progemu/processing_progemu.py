@@ -157,13 +157,15 @@ class ProgEmuProcessor(ProcessorMixin):
     def build_example(self, task: str, prior_codes: Any = None, target_codes: Any = None, prompt: str = "",
                       text: str = "", mask_mode: str | None = None, cfg_dropout: float = 0.0,
                       prompt_augment: float = 0.0, rng: random.Random | None = None,
-                      changed_code_weight: float = 1.0) -> dict[str, Any]:
+                      changed_code_weight: float = 1.0, prompt_dropout: float = 0.0) -> dict[str, Any]:
         """One training sequence: ``{"input_ids", "labels", "loss_weights"}`` (python lists) + ``"task"``,
-        ``"dropped_condition"``.
+        ``"dropped_condition"``, ``"dropped_prompt"``.
 
         ``labels`` equal ``input_ids`` on the segments ``mask_mode`` supervises and -100 elsewhere (the model
         shifts). ``cfg_dropout``: probability of dropping the prior AND the prompt together (the unconditional
-        branch of classifier-free guidance). ``prompt_augment``: see `augment_prompt`.
+        branch of classifier-free guidance). ``prompt_dropout``: probability of dropping only the prompt of an
+        icg / edit example and keeping the prior (InstructPix2Pix's text dropout: the ``"prior"`` CFG branch,
+        which guides by the prompt alone). ``prompt_augment``: see `augment_prompt`.
         ``changed_code_weight``: loss weight (x the image weight) of the target codes that differ from the prior's
         code at the same cell (icg / edit): most target codes are copies, learnt early, and the few edited ones
         would otherwise carry a small share of the loss.
@@ -174,6 +176,11 @@ class ProgEmuProcessor(ProcessorMixin):
             raise ValueError(f"mask_mode must be one of {sorted(MASK_MODES)}, got {mode!r}")
         rng = rng or random.Random()
         drop = cfg_dropout > 0 and rng.random() < cfg_dropout
+        # drawn only when asked for, so runs without it see the same random stream as before
+        drop_prompt = (not drop and prompt_dropout > 0 and task in ("icg", "edit")
+                       and rng.random() < prompt_dropout)
+        if drop_prompt:
+            prompt = ""
         if prompt and prompt_augment > 0:
             prompt = augment_prompt(prompt, rng, prompt_augment)
         prior = self.image_ids(prior_codes) if prior_codes is not None and task != "report2image" else []
@@ -187,14 +194,16 @@ class ProgEmuProcessor(ProcessorMixin):
             w = (self.image_loss_weight if role in _IMAGE_ROLES else self.text_loss_weight) if on else 0.0
             ids += seg
             labels += seg if on else [IGNORE_INDEX] * len(seg)
-            # not when the condition is dropped: without the prior in context "changed" means nothing
-            if on and role == "target_image" and changed_code_weight != 1.0 and not drop and len(prior) == len(seg):
+            # not when the condition is dropped (without the prior "changed" means nothing) nor the prompt (without
+            # it the edit is not determined: that branch should learn the prior's codes, not guess an edit)
+            if (on and role == "target_image" and changed_code_weight != 1.0 and not drop and not drop_prompt
+                    and len(prior) == len(seg)):
                 weights += [w * changed_code_weight if t != p else w for t, p in zip(seg, prior, strict=True)]
             else:
                 weights += [w] * len(seg)
         self._check_length(len(ids), f"{task} sequence")
         return {"input_ids": ids, "labels": labels, "loss_weights": weights, "task": task,
-                "dropped_condition": drop}
+                "dropped_condition": drop, "dropped_prompt": drop_prompt}
 
     def build_from_row(self, row: dict[str, Any], task: str, rng: random.Random | None = None,
                        **kwargs: Any) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from progemu.cli import main
-from progemu.generation import CounterfactualPipeline, DecodeOptions, GenerationItem, PipelineOptions
+from progemu.generation import CounterfactualPipeline, DecodeOptions, GenerationItem, PipelineOptions, SamplingOptions
 from progemu.generation.region import anatomy_map, coverage_grid
 from tests._gen_helpers import make_model_dir
 
@@ -143,6 +143,27 @@ def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):
     assert np.array_equal(pasted.image[~inside], prior[~inside])  # outside: the prior, bit for bit
     assert not np.allclose(plain.image[~inside], prior[~inside], atol=1e-3)  # which the VQ decoder alone is not
     assert torch.equal(pasted.codes, plain.codes) and pasted.text == plain.text  # pasting touches pixels only
+
+
+@pytest.mark.parametrize("null", ["unconditional", "prior"])
+def test_cfg_null_branch_is_the_one_asked_for(pipe, null):
+    """The first guided code is argmax(null + s (cond - null)) of two plain forwards, with the null row chosen."""
+    lay, proc = pipe.layout, pipe.processor
+    prior = np.random.default_rng(5).random((32, 32)).astype(np.float32)
+    item = GenerationItem("c", image=prior, prompt="new consolidation in the right lower lung.")
+    codes = proc.encode_images([prior])[0]
+    cond_ids = proc.build_generation_prompt("icg", prior_codes=codes, prompt=item.prompt)
+    null_ids = (proc.build_generation_prompt("icg", prior_codes=codes, prompt="") if null == "prior"
+                else proc.build_generation_prompt("icg", unconditional=True))
+    lo, hi = lay.image_token_offset, lay.image_token_offset + lay.codebook_size
+    with torch.no_grad():
+        cond, ref = (pipe.model(input_ids=torch.tensor([ids])).logits[0, -1, lo:hi].float() for ids in (cond_ids, null_ids))
+    for scale in (1.0, 6.0):
+        decode = DecodeOptions(image=SamplingOptions(greedy=True), cfg_image=scale, max_text_tokens=1)
+        out = pipe([item], PipelineOptions(decode=decode, guidance="none", cfg_null=null))[0]
+        assert int(out.codes.flatten()[0]) == int(torch.argmax(ref + scale * (cond - ref)))
+    with pytest.raises(ValueError, match="cfg_null"):
+        PipelineOptions(mode="report2image", cfg_null="prior")
 
 
 def test_report_to_image_and_image_to_report(pipe):

@@ -93,6 +93,28 @@ def test_cfg_dropout_drops_prior_and_prompt_together(proc):
     assert ex["input_ids"][: len(uncond)] == uncond  # training's unconditional == CFG's generation branch
 
 
+def test_prompt_dropout_keeps_the_prior_and_drops_the_edit_weight(proc):
+    prior, target = random_codes(proc, 2)
+    prompt_ids = proc.encode_text(PROMPT)
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(60):
+        ex = proc.build_example("icg", prior, target, prompt=PROMPT, text=TEXT, prompt_dropout=0.5,
+                                changed_code_weight=5.0, rng=rng)
+        ids = ex["input_ids"]
+        has_prompt = any(ids[i: i + len(prompt_ids)] == prompt_ids for i in range(len(ids)))
+        assert len(proc.layout.find_images(torch.tensor(ids))) == 2  # the prior stays
+        assert has_prompt != ex["dropped_prompt"] and not ex["dropped_condition"]
+        assert (5.0 in ex["loss_weights"]) != ex["dropped_prompt"]  # no edit weight where the edit is unknown
+        seen.add(ex["dropped_prompt"])
+    assert seen == {True, False}
+    ex = proc.build_example("icg", prior, target, prompt=PROMPT, text=TEXT, prompt_dropout=1.0)
+    null = proc.build_generation_prompt("icg", prior_codes=prior, prompt="")
+    assert ex["input_ids"][: len(null)] == null  # training's prompt-dropped branch == generation's "prior" null
+    ex = proc.build_example("report2image", target_codes=target, prompt=PROMPT, prompt_dropout=1.0)
+    assert not ex["dropped_prompt"]  # only counterfactual tasks have a prior to keep
+
+
 def test_prompt_augmentation():
     rng = random.Random(0)
     sents = {s.strip() for s in PROMPT.split(". ")}

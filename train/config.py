@@ -63,6 +63,9 @@ class DataArgs:
         "help": "loss weight (x image_loss_weight) of target codes that differ from the prior's (the edit), icg / "
                 "edit tasks; the loss is normalised per token, not per weight, so > 1 also raises the loss scale"})
     cfg_dropout: float = field(default=0.1, metadata={"help": "probability of dropping prior and prompt together"})
+    prompt_dropout: float = field(default=0.0, metadata={
+        "help": "probability of dropping only the prompt of an icg / edit example (trains generate's --cfg-null "
+                "prior branch)"})
     prompt_augment: bool = field(default=True, metadata={"help": "sentence shuffle / drop a negative sentence"})
     data_rounds: int = field(
         default=0, metadata={"help": "passes over the data with fresh dropout draws (0: enough for max_steps)"})

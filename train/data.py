@@ -194,11 +194,13 @@ def build_dataset(rows: datasets.Dataset, builder: SequenceBuilder, tasks: Seque
 
 
 def processor_builder(processor: Any, mask_mode: str = "target", cfg_dropout: float = 0.0,
-                      prompt_augment: float = 0.0, changed_code_weight: float = 1.0) -> SequenceBuilder:
+                      prompt_augment: float = 0.0, changed_code_weight: float = 1.0,
+                      prompt_dropout: float = 0.0) -> SequenceBuilder:
     """The `SequenceBuilder` of a `ProgEmuProcessor` with this run's loss mask and random augmentations."""
 
     def build(row: dict[str, Any], task: str, rng: random.Random) -> dict[str, Any] | None:
         return processor.build_from_row(row, task, rng=rng, mask_mode=mask_mode, cfg_dropout=cfg_dropout,
-                                        prompt_augment=prompt_augment, changed_code_weight=changed_code_weight)
+                                        prompt_augment=prompt_augment, changed_code_weight=changed_code_weight,
+                                        prompt_dropout=prompt_dropout)
 
     return build

@@ -148,7 +148,8 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     processor.max_length = data_args.max_length
     builder = processor_builder(processor, data_args.loss_mask, data_args.cfg_dropout,
                                 0.5 if data_args.prompt_augment else 0.0,
-                                changed_code_weight=data_args.changed_code_weight)
+                                changed_code_weight=data_args.changed_code_weight,
+                                prompt_dropout=data_args.prompt_dropout)
     pad = processor.layout.pad_id
     world = int(os.environ.get("WORLD_SIZE", "1"))
     need_rows = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world

@@ -12,7 +12,7 @@ import sys
 
 from progemu.generation.decoder import DecodeOptions
 from progemu.generation.guidance import METHODS
-from progemu.generation.pipeline import MODES, PipelineOptions
+from progemu.generation.pipeline import CFG_NULLS, MODES, PipelineOptions
 from progemu.generation.region import REGION_SOURCES
 from progemu.generation.sampling import SamplingOptions
 
@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--max-text-tokens", type=int, default=128)
     s.add_argument("--cfg-image", type=float, default=1.0, help="CFG scale for the image codes (1 = off)")
     s.add_argument("--cfg-text", type=float, default=1.0, help="CFG scale for the text (1 = off)")
+    s.add_argument("--cfg-null", choices=CFG_NULLS, default="unconditional",
+                   help="CFG's other branch: 'unconditional' drops prior and prompt (ProgEmu); 'prior' drops only the "
+                        "prompt, guiding by the prompt alone (for models trained with prompt_dropout)")
     s.add_argument("--cache", choices=("filled", "static", "dynamic"), default="filled", help="KV cache kind")
     r = p.add_argument_group("region and guidance")
     r.add_argument("--region", choices=REGION_SOURCES, default="none",
@@ -62,7 +65,7 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
                            max_text_tokens=args.max_text_tokens, cache=args.cache)
     return PipelineOptions(mode=args.mode, task=args.task, decode=decode, region=args.region, tau=args.tau,
                            dilate=args.dilate, guidance=args.guidance, num_samples=args.num_samples, seed=args.seed,
-                           paste_prior=args.paste_prior)
+                           paste_prior=args.paste_prior, cfg_null=args.cfg_null)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from progemu.generation.region import (
 )
 
 MODES: tuple[str, ...] = ("counterfactual", "report2image", "image2report")
+CFG_NULLS: tuple[str, ...] = ("unconditional", "prior")
 
 
 @dataclass
@@ -50,6 +51,10 @@ class PipelineOptions:
     tau: float = 0.1  # threshold of the automatic mask (0 = unrestricted)
     dilate: int = 1  # cells added around a mask (a local edit spreads over neighbouring codes)
     paste_prior: bool = False  # keep the prior's pixels outside the edit mask (region.paste_prior)
+    # the CFG branch: "unconditional" drops prior and prompt (ProgEmu / Emu3, trained by cfg_dropout); "prior" keeps
+    # the prior and drops the prompt (InstructPix2Pix's text guidance, trained by prompt_dropout), so the scale
+    # amplifies what the prompt changes and not the copy of the prior as well
+    cfg_null: str = "unconditional"
     guidance: str = "kl"  # kl | nll | none
     num_samples: int = 1
     seed: int = 0
@@ -65,6 +70,10 @@ class PipelineOptions:
             raise ValueError("region 'auto' needs a guidance map (guidance 'kl' or 'nll')")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
+        if self.cfg_null not in CFG_NULLS:
+            raise ValueError(f"cfg_null must be one of {CFG_NULLS}, got {self.cfg_null!r}")
+        if self.cfg_null == "prior" and self.mode != "counterfactual":
+            raise ValueError(f"cfg_null 'prior' needs a prior and a prompt to drop: mode 'counterfactual', not {self.mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,14 +220,18 @@ class CounterfactualPipeline:
         task = {"counterfactual": opts.task, "report2image": "report2image", "image2report": "image2report"}[opts.mode]
         prompts = [proc.build_generation_prompt(task, prior_codes=None if codes is None else codes[i],
                                                 prompt=it.prompt) for i, it in enumerate(items)]
-        nulls = [proc.build_generation_prompt(task, unconditional=True) for _ in items]
+        if opts.cfg_null == "prior":  # the same prior without the prompt (also the guidance map's reference)
+            nulls = [proc.build_generation_prompt(task, prior_codes=codes[i], prompt="") for i in range(n)]
+        else:
+            nulls = [proc.build_generation_prompt(task, unconditional=True) for _ in items]
         relevance = masks = None
         regions: list[dict] = [{} for _ in items]
         guid_grids: list[torch.Tensor | None] = [None] * n
         t1 = time.perf_counter()
         if opts.mode == "counterfactual":
             if opts.guidance != "none":
-                refs = [proc.build_generation_prompt(task, prior_codes=codes[i], prompt="") for i in range(n)]
+                refs = nulls if opts.cfg_null == "prior" else [
+                    proc.build_generation_prompt(task, prior_codes=codes[i], prompt="") for i in range(n)]
                 relevance = relevance_grid(self.model, lay, prompts, codes, refs, method=opts.guidance)
             masks = []
             for i, it in enumerate(items):
