@@ -7,7 +7,9 @@ Run: ``python -m eval.evaluate --model runs/finetune-tiny/final --data data/synt
 
 Systems on the same items: ``model`` (the outputs), ``identity`` (output = prior, interpretation "No
 significant interval change.": the floor) and ``true_followup`` (the registered follow-up and the reference
-interpretation: the ceiling). Evaluators come from ``--evaluators`` (trained there from ``--data`` when absent);
+interpretation: the ceiling), and where a VQ tokenizer is known (``--vq``, default ``MODEL/vq``) ``vq_followup``
+(the true follow-up encoded and decoded by it: what a model that predicts every code right would score, so the
+gap to ``true_followup`` is the tokenizer's and the rest the model's). Evaluators come from ``--evaluators`` (trained there from ``--data`` when absent);
 one without held-out accuracy, or not clearly better than chance, is not used.
 """
 
@@ -57,6 +59,23 @@ def load_truth(items: list[EvalItem], size: int) -> EvalData:
                     target_labels=[it.target_labels for it in items], attributes=attrs)
 
 
+def vq_round_trip(vq_dir: str | Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """[0, 1] images (N, H, W) -> the same images encoded and decoded by the VQ tokenizer in ``vq_dir``."""
+    import torch
+
+    from progemu.modeling_vq import ProgEmuVQModel
+
+    vq = ProgEmuVQModel.from_pretrained(str(vq_dir)).eval()
+    side = vq.config.image_size
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.stack([fit(im, (side, side)) for im in images[i: i + batch]]))[:, None] * 2 - 1
+            y = (vq.decode(vq.encode(x.float())).clamp(-1, 1) + 1) / 2
+            out += [fit(im, images.shape[1:]) for im in y[:, 0].float().numpy()]
+    return np.stack(out).astype(np.float32)
+
+
 def _clean(obj):
     """JSON-safe: NaN / inf as None or strings, numpy scalars as Python numbers."""
     if isinstance(obj, dict):
@@ -73,7 +92,8 @@ def _clean(obj):
 def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None = None, model: str | Path | None = None,
              evaluators_dir: str | Path = "runs/evaluators", source: str = "icg-cxr", split: str = "test",
              limit: int | None = 64, size: int = 128, reference_split: str = "validate", gallery: int = 12,
-             generate_args: str = "", guidance_threshold: float = 0.5, log=print) -> dict:
+             generate_args: str = "", guidance_threshold: float = 0.5, vq: str | Path | None = None,
+             log=print) -> dict:
     """Evaluate and write the report; returns the metrics dict (also written to ``out/metrics.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +127,11 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
                System("model", outputs, [gens[it.id].text for it in items], guidance)]
     if data.targets is not None:
         systems.append(System("true_followup", data.targets, data.references))
+        if vq is None and model is not None and (Path(model) / "vq" / "config.json").is_file():
+            vq = Path(model) / "vq"
+        if vq is not None:
+            log(f"passing the true follow-ups through the tokenizer {vq}")
+            systems.append(System("vq_followup", vq_round_trip(vq, data.targets), data.references))
     ref_feats = None
     if "findings" in evaluators:
         ref = [r for r in records if r.split == reference_split and r.target_image is not None][:256]
@@ -155,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gallery", type=int, default=12, help="items shown in report.html")
     ap.add_argument("--guidance-threshold", type=float, default=0.5, help="guidance map threshold for its IoU")
     ap.add_argument("--generate-args", default="", help="extra arguments for `progemu generate` (quoted)")
+    ap.add_argument("--vq", help="VQ tokenizer folder for the 'true follow-up through the VQ' system (default MODEL/vq)")
     args = ap.parse_args(argv)
     try:
         m = evaluate(args.data, args.out, args.generated, args.model, args.evaluators, args.source, args.split,
                      args.limit or None, args.size, gallery=args.gallery, generate_args=args.generate_args,
-                     guidance_threshold=args.guidance_threshold)
+                     guidance_threshold=args.guidance_threshold, vq=args.vq)
     except ProgEmuError as err:
         print(f"eval.evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -45,7 +45,8 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("text", "positive_f1", "Positive-finding F1 (CheXbert-style)", True),
     ("findings", "consistency", "Consistency: text findings vs classifier on image", True),
 )
-SYSTEM_TITLES = {"identity": "identity (floor)", "model": "model", "true_followup": "true follow-up (ceiling)"}
+SYSTEM_TITLES = {"identity": "identity (floor)", "model": "model", "true_followup": "true follow-up (ceiling)",
+                 "vq_followup": "true follow-up through the VQ (token ceiling)"}
 
 
 @dataclass

@@ -13,7 +13,8 @@ from PIL import Image
 
 from eval.classifier import Evaluator, available
 from eval.data import ImageTable, load_records
-from eval.evaluate import evaluate
+from eval.evaluate import evaluate, vq_round_trip
+from eval.image_metrics import fit
 from eval.train_evaluators import train_all
 
 SIZE = 64
@@ -138,6 +139,27 @@ def test_known_answers(evaluated):
     assert json.loads((tmp / "out" / "metrics.json").read_text())["systems"]["model"]["n"] == 7
     md = (tmp / "out" / "metrics.md").read_text()
     assert "SSIM vs true counterfactual" in md and "Evaluators (held-out accuracy)" in md
+
+
+def test_true_followup_through_the_vq(evaluated, tmp_path):
+    from progemu.modeling_vq import ProgEmuVQModel
+    from tests._gen_helpers import make_model_dir
+
+    tmp, _ = evaluated
+    model = make_model_dir(tmp_path / "model", image_size=32)  # a random tokenizer in model/vq, 32 px
+    m = evaluate(tmp / "data", tmp_path / "out", generated=tmp / "generated", model=model,
+                 evaluators_dir=tmp / "evaluators", size=SIZE, log=lambda s: None)
+    vqf, true = m["systems"]["vq_followup"], m["systems"]["true_followup"]
+    assert vqf["text"] == true["text"]  # the same reference interpretations: only the images differ
+    assert true["image"]["ssim"] == pytest.approx(1.0) and vqf["image"]["ssim"] < 0.9
+    imgs = np.random.default_rng(0).random((3, SIZE, SIZE)).astype(np.float32)
+    vq = ProgEmuVQModel.from_pretrained(str(model / "vq")).eval()
+    small = torch.from_numpy(np.stack([fit(i, (32, 32)) for i in imgs]))[:, None] * 2 - 1
+    with torch.no_grad():
+        expect = ((vq.decode(vq.encode(small)).clamp(-1, 1) + 1) / 2)[:, 0].numpy()
+    got = vq_round_trip(model / "vq", imgs)
+    assert got.shape == imgs.shape
+    assert np.allclose(got, np.stack([fit(e, (SIZE, SIZE)) for e in expect]), atol=1e-5)
 
 
 def test_report_is_self_contained(evaluated):
