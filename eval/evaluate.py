@@ -7,8 +7,9 @@ Run: ``python -m eval.evaluate --model runs/finetune-tiny/final --data data/synt
 
 Systems on the same items: ``model`` (the outputs), ``identity`` (output = prior, interpretation "No
 significant interval change.": the floor) and ``true_followup`` (the registered follow-up and the reference
-interpretation: the ceiling), and where a VQ tokenizer is known (``--vq``, default ``MODEL/vq``) ``vq_followup``
-(the true follow-up encoded and decoded by it: what a model that predicts every code right would score, so the
+interpretation: the ceiling), and where the model folder is known (``--model``, or ``--tokenizer-from`` with
+``--generated``) ``vq_followup`` (the true follow-up encoded and decoded by the model's processor and VQ: what a
+model that predicts every code right would score, so the
 gap to ``true_followup`` is the tokenizer's and the rest the model's). Evaluators come from ``--evaluators``
 (trained there from ``--data`` when absent); one without held-out accuracy, or not clearly better than chance,
 is not used.
@@ -60,20 +61,19 @@ def load_truth(items: list[EvalItem], size: int) -> EvalData:
                     target_labels=[it.target_labels for it in items], attributes=attrs)
 
 
-def vq_round_trip(vq_dir: str | Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """[0, 1] images (N, H, W) -> the same images encoded and decoded by the VQ tokenizer in ``vq_dir``."""
+def vq_round_trip(model_dir: str | Path, paths: list[str | Path], size: int, batch: int = 16) -> np.ndarray:
+    """The images at ``paths`` as the model's processor reads them (its ingestion, at the tokenizer's resolution),
+    encoded and decoded by its VQ, at ``size`` px in [0, 1]: (N, size, size)."""
     import torch
 
-    from progemu.modeling_vq import ProgEmuVQModel
+    from progemu.processing_progemu import ProgEmuProcessor
 
-    vq = ProgEmuVQModel.from_pretrained(str(vq_dir)).eval()
-    side = vq.config.image_size
+    proc = ProgEmuProcessor.from_pretrained(str(model_dir))
     out = []
     with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.stack([fit(im, (side, side)) for im in images[i: i + batch]]))[:, None] * 2 - 1
-            y = (vq.decode(vq.encode(x.float())).clamp(-1, 1) + 1) / 2
-            out += [fit(im, images.shape[1:]) for im in y[:, 0].float().numpy()]
+        for i in range(0, len(paths), batch):
+            decoded = proc.decode_codes(proc.encode_images([Path(p) for p in paths[i: i + batch]]))
+            out += [fit(np.asarray(im, np.float32), (size, size)) for im in decoded]
     return np.stack(out).astype(np.float32)
 
 
@@ -93,7 +93,7 @@ def _clean(obj):
 def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None = None, model: str | Path | None = None,
              evaluators_dir: str | Path = "runs/evaluators", source: str = "icg-cxr", split: str = "test",
              limit: int | None = 64, size: int = 128, reference_split: str = "validate", gallery: int = 12,
-             generate_args: str = "", guidance_threshold: float = 0.5, vq: str | Path | None = None,
+             generate_args: str = "", guidance_threshold: float = 0.5, tokenizer_from: str | Path | None = None,
              log=print) -> dict:
     """Evaluate and write the report; returns the metrics dict (also written to ``out/metrics.json``)."""
     out = Path(out)
@@ -128,11 +128,11 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
                System("model", outputs, [gens[it.id].text for it in items], guidance)]
     if data.targets is not None:
         systems.append(System("true_followup", data.targets, data.references))
-        if vq is None and model is not None and (Path(model) / "vq" / "config.json").is_file():
-            vq = Path(model) / "vq"
-        if vq is not None:
-            log(f"passing the true follow-ups through the tokenizer {vq}")
-            systems.append(System("vq_followup", vq_round_trip(vq, data.targets), data.references))
+        tok = tokenizer_from or (model if model is not None and (Path(model) / "vq" / "config.json").is_file() else None)
+        if tok is not None:
+            log(f"passing the true follow-ups through the tokenizer of {tok}")
+            paths = [it.target_path for it in items]
+            systems.append(System("vq_followup", vq_round_trip(tok, paths, size), data.references))
     ref_feats = None
     if "findings" in evaluators:
         ref = [r for r in records if r.split == reference_split and r.target_image is not None][:256]
@@ -181,12 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gallery", type=int, default=12, help="items shown in report.html")
     ap.add_argument("--guidance-threshold", type=float, default=0.5, help="guidance map threshold for its IoU")
     ap.add_argument("--generate-args", default="", help="extra arguments for `progemu generate` (quoted)")
-    ap.add_argument("--vq", help="VQ tokenizer folder for the 'true follow-up through the VQ' system (default MODEL/vq)")
+    ap.add_argument("--tokenizer-from", help="model folder whose processor and VQ make the 'true follow-up through the "
+                                             "VQ' system (default: --model)")
     args = ap.parse_args(argv)
     try:
         m = evaluate(args.data, args.out, args.generated, args.model, args.evaluators, args.source, args.split,
                      args.limit or None, args.size, gallery=args.gallery, generate_args=args.generate_args,
-                     guidance_threshold=args.guidance_threshold, vq=args.vq)
+                     guidance_threshold=args.guidance_threshold, tokenizer_from=args.tokenizer_from)
     except ProgEmuError as err:
         print(f"eval.evaluate: error: {err}", file=sys.stderr)
         return 2

@@ -165,7 +165,8 @@ class ProgEmuProcessor(ProcessorMixin):
         shifts). ``cfg_dropout``: probability of dropping the prior AND the prompt together (the unconditional
         branch of classifier-free guidance). ``prompt_dropout``: probability of dropping only the prompt of an
         icg / edit example and keeping the prior (InstructPix2Pix's text dropout: the ``"prior"`` CFG branch,
-        which guides by the prompt alone). ``prompt_augment``: see `augment_prompt`.
+        which guides by the prompt alone), drawn when the condition is kept, so its rate is
+        ``prompt_dropout * (1 - cfg_dropout)``. ``prompt_augment``: see `augment_prompt`.
         ``changed_code_weight``: loss weight (x the image weight) of the target codes that differ from the prior's
         code at the same cell (icg / edit): most target codes are copies, learnt early, and the few edited ones
         would otherwise carry a small share of the loss.
@@ -195,7 +196,7 @@ class ProgEmuProcessor(ProcessorMixin):
             ids += seg
             labels += seg if on else [IGNORE_INDEX] * len(seg)
             # not when the condition is dropped (without the prior "changed" means nothing) nor the prompt (without
-            # it the edit is not determined: that branch should learn the prior's codes, not guess an edit)
+            # it the edit is not determined: its labels stay the true follow-up, but at plain weight)
             if (on and role == "target_image" and changed_code_weight != 1.0 and not drop and not drop_prompt
                     and len(prior) == len(seg)):
                 weights += [w * changed_code_weight if t != p else w for t, p in zip(seg, prior, strict=True)]

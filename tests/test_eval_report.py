@@ -142,7 +142,7 @@ def test_known_answers(evaluated):
 
 
 def test_true_followup_through_the_vq(evaluated, tmp_path):
-    from progemu.modeling_vq import ProgEmuVQModel
+    from progemu.processing_progemu import ProgEmuProcessor
     from tests._gen_helpers import make_model_dir
 
     tmp, _ = evaluated
@@ -152,14 +152,14 @@ def test_true_followup_through_the_vq(evaluated, tmp_path):
     vqf, true = m["systems"]["vq_followup"], m["systems"]["true_followup"]
     assert vqf["text"] == true["text"]  # the same reference interpretations: only the images differ
     assert true["image"]["ssim"] == pytest.approx(1.0) and vqf["image"]["ssim"] < 0.9
-    imgs = np.random.default_rng(0).random((3, SIZE, SIZE)).astype(np.float32)
-    vq = ProgEmuVQModel.from_pretrained(str(model / "vq")).eval()
-    small = torch.from_numpy(np.stack([fit(i, (32, 32)) for i in imgs]))[:, None] * 2 - 1
-    with torch.no_grad():
-        expect = ((vq.decode(vq.encode(small)).clamp(-1, 1) + 1) / 2)[:, 0].numpy()
-    got = vq_round_trip(model / "vq", imgs)
-    assert got.shape == imgs.shape
-    assert np.allclose(got, np.stack([fit(e, (SIZE, SIZE)) for e in expect]), atol=1e-5)
+    # the images are what generation would show for the true codes: the processor's own reading, encoding, decoding
+    paths = sorted((tmp / "data").rglob("*.png"))[:3]
+    proc = ProgEmuProcessor.from_pretrained(str(model))
+    codes = proc.encode_images(paths)
+    expect = [fit(im, (SIZE, SIZE)) for im in proc.decode_codes(codes)]
+    got = vq_round_trip(model, paths, SIZE)
+    assert got.shape == (3, SIZE, SIZE) and np.allclose(got, np.stack(expect), atol=1e-5)
+    assert not np.allclose(got, vq_round_trip(model, paths[1:] + paths[:1], SIZE), atol=1e-3)  # per image, in order
 
 
 def test_report_is_self_contained(evaluated):

@@ -97,6 +97,16 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     assert json.loads(record.read_text())["options"]["decode"]["cfg_text"] == 1.5
     assert not redone()  # the same job again: skipped
     assert not redone("--cache", "dynamic")  # a speed-only setting
+    assert redone("--cfg-null", "prior")  # another CFG branch
+    assert not redone("--cfg-null", "prior")
+    data = json.loads(record.read_text())
+    data["options"].pop("cfg_null")  # a record written before the option existed means the old branch
+    record.write_text(json.dumps(data))
+    assert redone("--cfg-null", "prior") and not redone("--cfg-null", "prior")
+    data = json.loads(record.read_text())
+    data["options"].pop("cfg_null")
+    record.write_text(json.dumps(data))
+    assert not redone()  # the default branch is the old one: not redone
     _image(tmp_path / "p2.png", 9, (64, 64))  # another image under the same path
     assert redone()
     weights = model_dir / "model.safetensors"
@@ -146,8 +156,9 @@ def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):
 
 
 @pytest.mark.parametrize("null", ["unconditional", "prior"])
-def test_cfg_null_branch_is_the_one_asked_for(pipe, null):
-    """The first guided code is argmax(null + s (cond - null)) of two plain forwards, with the null row chosen."""
+def test_cfg_null_branch_is_the_one_asked_for(pipe, null, monkeypatch):
+    """The null rows are the ones asked for, and the first guided code is argmax(null + s (cond - null)) of two
+    plain forwards."""
     lay, proc = pipe.layout, pipe.processor
     prior = np.random.default_rng(5).random((32, 32)).astype(np.float32)
     item = GenerationItem("c", image=prior, prompt="new consolidation in the right lower lung.")
@@ -158,12 +169,24 @@ def test_cfg_null_branch_is_the_one_asked_for(pipe, null):
     lo, hi = lay.image_token_offset, lay.image_token_offset + lay.codebook_size
     with torch.no_grad():
         cond, ref = (pipe.model(input_ids=torch.tensor([ids])).logits[0, -1, lo:hi].float() for ids in (cond_ids, null_ids))
+    seen, generate = [], pipe.generator.generate
+    monkeypatch.setattr(pipe.generator, "generate", lambda *a, **kw: seen.append(kw["null_prompts"]) or generate(*a, **kw))
     for scale in (1.0, 6.0):
         decode = DecodeOptions(image=SamplingOptions(greedy=True), cfg_image=scale, max_text_tokens=1)
         out = pipe([item], PipelineOptions(decode=decode, guidance="none", cfg_null=null))[0]
         assert int(out.codes.flatten()[0]) == int(torch.argmax(ref + scale * (cond - ref)))
+    assert seen == [[null_ids], [null_ids]]
     with pytest.raises(ValueError, match="cfg_null"):
         PipelineOptions(mode="report2image", cfg_null="prior")
+
+
+def test_generate_command_rejects_contradicting_options(model_dir, tmp_path, capsys):
+    args = ["generate", "--model", str(model_dir), "--input", str(_manifest(tmp_path)), "--out", str(tmp_path / "o")]
+    assert main([*args, "--mode", "report2image", "--cfg-null", "prior"]) == 2
+    assert main([*args, "--region", "auto", "--guidance", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "cfg_null 'prior' needs a prior" in err and "region 'auto' needs a guidance map" in err
+    assert not (tmp_path / "o").exists()  # nothing started
 
 
 def test_report_to_image_and_image_to_report(pipe):

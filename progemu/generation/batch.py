@@ -28,6 +28,8 @@ from progemu.generation.pipeline import CounterfactualPipeline, GenerationItem, 
 from progemu.generation.region import load_user_mask
 from progemu.io import write_atomic, write_text_atomic
 
+# options added after records were first written, with the value that reproduces the older behaviour
+_ADDED_OPTIONS = {"cfg_null": "unconditional"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -125,6 +127,8 @@ class BatchRunner:
         options = self.opts.to_dict()
         for speed_only in ("cache", "trim_padding"):
             options["decode"].pop(speed_only, None)
+        if options["decode"]["cfg_image"] == 1.0 and options["decode"]["cfg_text"] == 1.0:
+            options.pop("cfg_null")  # no CFG: the branch is never built
         sig = {"inputs": {"image": _file_stamp(src.image), "prompt": src.prompt, "mask": _file_stamp(src.mask),
                           "region": src.region},
                "options": options, "model": getattr(self.pipe, "source", None)}
@@ -139,7 +143,10 @@ class BatchRunner:
             data = json.loads(rec.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None  # a damaged record: do the item again
-        if any(data.get(key) != value for key, value in self._signature(item).items()):
+        sig = self._signature(item)
+        if isinstance(data.get("options"), dict):  # options added since the record was written: their old behaviour
+            data["options"] = {**{k: v for k, v in _ADDED_OPTIONS.items() if k in sig["options"]}, **data["options"]}
+        if any(data.get(key) != value for key, value in sig.items()):
             return None  # made with other settings or weights: redo it rather than mix two runs
         return data.get("result") if data.get("status") == "ok" else None
 

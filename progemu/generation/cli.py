@@ -74,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from progemu.generation.batch import BatchRunner
     from progemu.generation.pipeline import CounterfactualPipeline
 
-    opts = options_from_args(args)
+    try:
+        opts = options_from_args(args)
+    except ValueError as err:  # options that contradict each other: say which, no traceback
+        print(f"progemu generate: error: {err}", file=sys.stderr)
+        return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = CounterfactualPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
     counts = BatchRunner(pipe, args.out, opts, batch_size=args.batch_size, overwrite=args.overwrite,

@@ -51,13 +51,13 @@ class PipelineOptions:
     tau: float = 0.1  # threshold of the automatic mask (0 = unrestricted)
     dilate: int = 1  # cells added around a mask (a local edit spreads over neighbouring codes)
     paste_prior: bool = False  # keep the prior's pixels outside the edit mask (region.paste_prior)
+    guidance: str = "kl"  # kl | nll | none
+    num_samples: int = 1
+    seed: int = 0
     # the CFG branch: "unconditional" drops prior and prompt (ProgEmu / Emu3, trained by cfg_dropout); "prior" keeps
     # the prior and drops the prompt (InstructPix2Pix's text guidance, trained by prompt_dropout), so the scale
     # amplifies what the prompt changes and not the copy of the prior as well
     cfg_null: str = "unconditional"
-    guidance: str = "kl"  # kl | nll | none
-    num_samples: int = 1
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
