@@ -155,6 +155,27 @@ def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):
     assert torch.equal(pasted.codes, plain.codes) and pasted.text == plain.text  # pasting touches pixels only
 
 
+def test_paste_prior_inside_the_mask_keeps_the_cells_whose_codes_were_kept(pipe, monkeypatch):
+    """Only changed codes and the one-cell ring around them come from the VQ decoder."""
+    prior = np.random.default_rng(6).random((32, 32)).astype(np.float32)
+    generate = pipe.generator.generate
+
+    def keep_left_half(*a, **kw):  # as if the model had copied the prior's codes in the left half of the grid
+        out = generate(*a, **kw)
+        out.codes[..., :2] = kw["prior_codes"][..., :2]
+        return out
+
+    monkeypatch.setattr(pipe.generator, "generate", keep_left_half)
+    item = GenerationItem("k", image=prior, prompt="new consolidation in the right lower lung.",
+                          mask=np.ones((32, 32), bool))
+    res = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=1), dilate=0, paste_prior=True))[0]
+    changed = res.codes != pipe.processor.encode_images([prior])[0]
+    assert bool(res.edit_mask.all()) and not changed[:, :2].any() and changed[:, 2:].all()
+    cell = 32 // pipe.layout.grid_w
+    assert np.array_equal(res.image[:, :cell], prior[:, :cell])  # two cells from any change: the prior's pixels
+    assert not np.allclose(res.image[:, 3 * cell:], prior[:, 3 * cell:], atol=1e-3)  # the edit is kept
+
+
 @pytest.mark.parametrize("null", ["unconditional", "prior"])
 def test_cfg_null_branch_is_the_one_asked_for(pipe, null, monkeypatch):
     """The null rows are the ones asked for, and the first guided code is argmax(null + s (cond - null)) of two

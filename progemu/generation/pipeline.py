@@ -38,6 +38,7 @@ from progemu.generation.region import (
 
 MODES: tuple[str, ...] = ("counterfactual", "report2image", "image2report")
 CFG_NULLS: tuple[str, ...] = ("unconditional", "prior")
+PASTE_RING = 1  # cells around a changed code whose pixels come from the VQ decoder with --paste-prior
 
 
 @dataclass
@@ -50,7 +51,9 @@ class PipelineOptions:
     region: str = "none"  # default edit-mask source for items that name none: none | mask | anatomy | auto
     tau: float = 0.1  # threshold of the automatic mask (0 = unrestricted)
     dilate: int = 1  # cells added around a mask (a local edit spreads over neighbouring codes)
-    paste_prior: bool = False  # keep the prior's pixels outside the edit mask (region.paste_prior)
+    # keep the prior's pixels wherever its codes were kept: outside the edit mask, and inside it beyond one cell of
+    # any changed code (region.paste_prior); only the changed cells and their ring come from the VQ decoder
+    paste_prior: bool = False
     guidance: str = "kl"  # kl | nll | none
     num_samples: int = 1
     seed: int = 0
@@ -256,7 +259,9 @@ class CounterfactualPipeline:
         seconds = {"load": t_load, "guidance": t_guid, **{f"decode_{a}": b for a, b in out.seconds.items()}}
         results = []
         if images is not None and edit_mask is not None and opts.paste_prior:
-            images = [paste_prior(images[row], priors[i], edit_mask[row]) for row, i in enumerate(rep)]
+            # the VQ decoder spreads a changed code over about one neighbouring cell: that ring is decoded too
+            decoded = edit_mask.cpu() & dilate(out.codes.cpu() != prior.cpu(), PASTE_RING)
+            images = [paste_prior(images[row], priors[i], decoded[row]) for row, i in enumerate(rep)]
         for row, i in enumerate(rep):
             text = proc.tokenizer.decode(out.text_ids[row], skip_special_tokens=True).strip()
             g = guid_grids[i]
