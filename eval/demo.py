@@ -1,7 +1,7 @@
 """`make demo`: the whole pipeline offline on SynthCXR, from a fresh clone to a visual report.
 
     python -m eval.demo                  # embedded checkpoint (progemu/assets/tiny-synthcxr), a few minutes
-    python -m eval.demo --from-scratch   # builds data, tokenizers and the model with `make finetune CONFIG=tiny-demo-3`
+    python -m eval.demo --from-scratch   # builds data, tokenizers and the model with `make finetune CONFIG=tiny-demo-4`
 
 Steps: (1) build a SynthCXR test set of unseen patients, (2) load the embedded tiny model and evaluators, or
 train them, (3) batch-generate counterfactuals with interpretations and guidance maps, region-specific editing
@@ -24,7 +24,7 @@ EMBEDDED_MODEL = REPO / "progemu" / "assets" / "tiny-synthcxr"
 EMBEDDED_EVALUATORS = REPO / "eval" / "assets" / "evaluators"
 # Generation settings of the demo: greedy codes (NOTES.md: greedy beat sampling at this scale), CFG 2 on the image,
 # edits restricted to the guidance map x anatomical prior (InstructX2X's rule) at tau 0.05, grown by one code cell
-# (the VQ's measured reach), the prior's pixels kept outside the edit. Chosen on 96 *validate* pairs of
+# (the VQ's measured reach), the prior's pixels kept wherever its codes were kept. Chosen on 96 *validate* pairs of
 # data/synthcxr-128, never on the demo's test set (README "Demo results": the settings compared).
 GENERATE_ARGS = "--greedy --cfg-image 2.0 --region auto --tau 0.05 --dilate 1 --paste-prior --batch-size 8"
 # (metric path under metrics.json's systems.<system>, label, bar; higher is better for all)
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         step(2, "training: SynthCXR 12,000 pairs, VQ and text tokenizers, then the tiny model (make finetune)")
         run([py, "-m", "progemu", "synth", "--out", "data/synthcxr-128", "--pairs", "12000", "--size", "128",
              "--workers", "2"])
-        run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-3"])  # runs stages 1 and 2 first
-        model, evaluators = REPO / "runs" / "finetune-demo-3" / "final", REPO / "runs" / "evaluators"
+        run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-4"])  # runs stages 1 to 3 first
+        model, evaluators = REPO / "runs" / "finetune-demo-4" / "final", REPO / "runs" / "evaluators"
         if not (evaluators / "findings.json").is_file():
             run([py, "-m", "eval.train_evaluators", "--data", "data/synthcxr-128", "--out", str(evaluators)])
     else:
