@@ -9,10 +9,9 @@ Systems on the same items: ``model`` (the outputs), ``identity`` (output = prior
 significant interval change.": the floor) and ``true_followup`` (the registered follow-up and the reference
 interpretation: the ceiling), and where the model folder is known (``--model``, or ``--tokenizer-from`` with
 ``--generated``) ``vq_followup`` (the true follow-up encoded and decoded by the model's processor and VQ: what a
-model that predicts every code right would score, so the
-gap to ``true_followup`` is the tokenizer's and the rest the model's). Evaluators come from ``--evaluators``
-(trained there from ``--data`` when absent); one without held-out accuracy, or not clearly better than chance,
-is not used.
+model that predicts every code right would score, so the gap to ``true_followup`` is the tokenizer's and the rest
+the model's). Evaluators come from ``--evaluators`` (trained there from ``--data`` when absent); one without
+held-out accuracy, or not clearly better than chance, is not used.
 """
 
 from __future__ import annotations

@@ -99,13 +99,15 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     assert not redone("--cache", "dynamic")  # a speed-only setting
     assert redone("--cfg-null", "prior")  # another CFG branch
     assert not redone("--cfg-null", "prior")
-    data = json.loads(record.read_text())
-    data["options"].pop("cfg_null")  # a record written before the option existed means the old branch
-    record.write_text(json.dumps(data))
+
+    def written_before_cfg_null() -> None:  # a record from before the option existed means the old branch
+        data = json.loads(record.read_text())
+        data["options"].pop("cfg_null")
+        record.write_text(json.dumps(data))
+
+    written_before_cfg_null()
     assert redone("--cfg-null", "prior") and not redone("--cfg-null", "prior")
-    data = json.loads(record.read_text())
-    data["options"].pop("cfg_null")
-    record.write_text(json.dumps(data))
+    written_before_cfg_null()
     assert not redone()  # the default branch is the old one: not redone
     _image(tmp_path / "p2.png", 9, (64, 64))  # another image under the same path
     assert redone()

@@ -223,19 +223,18 @@ class CounterfactualPipeline:
         task = {"counterfactual": opts.task, "report2image": "report2image", "image2report": "image2report"}[opts.mode]
         prompts = [proc.build_generation_prompt(task, prior_codes=None if codes is None else codes[i],
                                                 prompt=it.prompt) for i, it in enumerate(items)]
-        if opts.cfg_null == "prior":  # the same prior without the prompt (also the guidance map's reference)
-            nulls = [proc.build_generation_prompt(task, prior_codes=codes[i], prompt="") for i in range(n)]
-        else:
-            nulls = [proc.build_generation_prompt(task, unconditional=True) for _ in items]
+        # the same prior without the prompt: the guidance map's reference and the "prior" CFG branch
+        no_prompt = ([proc.build_generation_prompt(task, prior_codes=codes[i], prompt="") for i in range(n)]
+                     if opts.mode == "counterfactual" else None)
+        nulls = no_prompt if opts.cfg_null == "prior" else [
+            proc.build_generation_prompt(task, unconditional=True) for _ in items]
         relevance = masks = None
         regions: list[dict] = [{} for _ in items]
         guid_grids: list[torch.Tensor | None] = [None] * n
         t1 = time.perf_counter()
         if opts.mode == "counterfactual":
             if opts.guidance != "none":
-                refs = nulls if opts.cfg_null == "prior" else [
-                    proc.build_generation_prompt(task, prior_codes=codes[i], prompt="") for i in range(n)]
-                relevance = relevance_grid(self.model, lay, prompts, codes, refs, method=opts.guidance)
+                relevance = relevance_grid(self.model, lay, prompts, codes, no_prompt, method=opts.guidance)
             masks = []
             for i, it in enumerate(items):
                 mask, anatomy, regions[i] = self.region_mask(it, opts, priors[i].shape,
