@@ -29,3 +29,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """``json.dumps(obj)`` written atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=indent))
+
+
+def file_stamp(path: str | Path | None) -> str | None:
+    """``resolved path:size:mtime_ns`` of a file (its path alone when it cannot be read; None for none): what a
+    resumable job compares to tell whether an input or a weight file changed since a result was made."""
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return str(p)
+    return f"{p}:{st.st_size}:{st.st_mtime_ns}"

@@ -26,7 +26,7 @@ from progemu.errors import ProgEmuError, RecordError
 from progemu.generation.guidance import overlay
 from progemu.generation.pipeline import CounterfactualPipeline, GenerationItem, GenerationResult, PipelineOptions
 from progemu.generation.region import load_user_mask
-from progemu.io import write_atomic, write_text_atomic
+from progemu.io import file_stamp, write_atomic, write_text_atomic
 
 # options added after records were first written, with the value that reproduces the older behaviour
 _ADDED_OPTIONS = {"cfg_null": "unconditional"}
@@ -98,18 +98,6 @@ def read_manifest(path: str | Path, mode: str) -> list[GenerationItem | dict]:
     return out
 
 
-def _file_stamp(path: str | Path | None) -> str | None:
-    """``resolved path:size:mtime_ns`` of an input file (its path alone when it cannot be read; None for none)."""
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    try:
-        st = p.stat()
-    except OSError:
-        return str(p)
-    return f"{p}:{st.st_size}:{st.st_mtime_ns}"
-
-
 class BatchRunner:
     """Runs a manifest through a pipeline in batches, writing per-item folders and ``results.jsonl``."""
 
@@ -129,7 +117,7 @@ class BatchRunner:
             options["decode"].pop(speed_only, None)
         if options["decode"]["cfg_image"] == 1.0 and options["decode"]["cfg_text"] == 1.0:
             options.pop("cfg_null")  # no CFG: the branch is never built
-        sig = {"inputs": {"image": _file_stamp(src.image), "prompt": src.prompt, "mask": _file_stamp(src.mask),
+        sig = {"inputs": {"image": file_stamp(src.image), "prompt": src.prompt, "mask": file_stamp(src.mask),
                           "region": src.region},
                "options": options, "model": getattr(self.pipe, "source", None)}
         return json.loads(json.dumps(sig, default=str))

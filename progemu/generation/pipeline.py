@@ -35,6 +35,7 @@ from progemu.generation.region import (
     paste_prior,
     to_grid,
 )
+from progemu.io import file_stamp
 
 MODES: tuple[str, ...] = ("counterfactual", "report2image", "image2report")
 CFG_NULLS: tuple[str, ...] = ("unconditional", "prior")
@@ -115,7 +116,7 @@ def weights_fingerprint(path: str | Path) -> str:
     root = Path(path).resolve()
     patterns = ("*.safetensors", "*.bin", "*.json", "vq/*.safetensors", "vq/*.bin", "vq/*.json")
     files = sorted(f for pattern in patterns for f in root.glob(pattern))
-    stamp = ";".join(f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    stamp = ";".join(file_stamp(f) for f in files)
     return f"{root}#{zlib.crc32(stamp.encode()):08x}"
 
 
