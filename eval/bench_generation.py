@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     img_full.clear()
     img_region.clear()
     res: dict[str, list] = {name: [] for name in runs}
-    for _ in range(args.repeats):  # interleaved, so a busy machine slows every path alike
+    for rep in range(args.repeats):  # interleaved, so a busy machine slows every path alike
         for name, fn in runs.items():
             res[name].append(timed(fn, args.device))
+            print(f"  repeat {rep + 1}/{args.repeats} {name}: {res[name][-1][0]:.2f} s", flush=True)
     rows = {}
     for name, rs in res.items():
         sec = statistics.median(r[0] for r in rs)

@@ -55,6 +55,28 @@ def test_generate_and_cached_equals_uncached(proc):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_inference_forwards_keep_off_cudnn_attention(proc, monkeypatch):
+    """cuDNN SDPA plans every new key length (one per decode step): eval forwards exclude it, training keeps it."""
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    model = make_model(proc)
+    ids = _batch(proc)["input_ids"]
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with torch.no_grad():
+        model.eval()(ids)
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the forward
+    seen.clear()
+    model.train()(ids)
+    assert seen and all(seen)
+
+
 def test_loss_split_sums(proc):
     model = make_model(proc)
     batch = _batch(proc)
