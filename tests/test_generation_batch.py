@@ -99,6 +99,11 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     assert not redone("--cache", "dynamic")  # a speed-only setting
     assert redone("--cfg-null", "prior")  # another CFG branch
     assert not redone("--cfg-null", "prior")
+    assert not redone("--cfg-null", "prior", "--cfg-prior", "2")  # read by three-branch guidance alone
+    assert redone("--cfg-null", "both", "--cfg-prior", "2")
+    assert not redone("--cfg-null", "both", "--cfg-prior", "2")
+    assert redone("--cfg-null", "both", "--cfg-prior", "1.5")
+    assert redone("--cfg-null", "prior")
 
     def written_before_cfg_null() -> None:  # a record from before the option existed means the old branch
         data = json.loads(record.read_text())
@@ -201,6 +206,27 @@ def test_cfg_null_branch_is_the_one_asked_for(pipe, null, monkeypatch):
     assert seen == [[null_ids], [null_ids]]
     with pytest.raises(ValueError, match="cfg_null"):
         PipelineOptions(mode="report2image", cfg_null="prior")
+
+
+def test_three_branch_pipeline_passes_both_nulls(pipe, monkeypatch):
+    """--cfg-null both: the unconditional and the prompt-free prior rows both reach the generator, and with
+    cfg_prior = cfg_image the codes are those of plain CFG against the unconditional rows."""
+    proc = pipe.processor
+    prior = np.random.default_rng(6).random((32, 32)).astype(np.float32)
+    item = GenerationItem("t", image=prior, prompt="new consolidation in the right lower lung.")
+    codes = proc.encode_images([prior])[0]
+    seen, generate = [], pipe.generator.generate
+    monkeypatch.setattr(pipe.generator, "generate", lambda *a, **kw: seen.append(kw) or generate(*a, **kw))
+    outs = {}
+    for null, s_p in (("both", 3.0), ("unconditional", 1.0)):
+        decode = DecodeOptions(image=SamplingOptions(greedy=True), cfg_image=3.0, cfg_prior=s_p, max_text_tokens=2)
+        outs[null] = pipe([item], PipelineOptions(decode=decode, guidance="none", cfg_null=null))[0]
+    assert seen[0]["null_prompts"] == [proc.build_generation_prompt("icg", unconditional=True)]
+    assert seen[0]["prior_null_prompts"] == [proc.build_generation_prompt("icg", prior_codes=codes, prompt="")]
+    assert seen[1]["prior_null_prompts"] is None
+    assert torch.equal(outs["both"].codes, outs["unconditional"].codes) and outs["both"].text == outs["unconditional"].text
+    with pytest.raises(ValueError, match="cfg_null 'both'"):
+        PipelineOptions(mode="image2report", cfg_null="both")
 
 
 def test_generate_command_rejects_contradicting_options(model_dir, tmp_path, capsys):

@@ -6,8 +6,9 @@ from transformers import LogitsProcessorList
 from transformers.generation.logits_process import UnbatchedClassifierFreeGuidanceLogitsProcessor
 
 from progemu.errors import SequenceTooLongError
+from progemu.generation import decoder
 from progemu.generation.decoder import CounterfactualGenerator, DecodeOptions
-from progemu.generation.sampling import SamplingOptions
+from progemu.generation.sampling import SamplingOptions, select_tokens
 from tests._gen_helpers import prompt_for, tiny_layout, tiny_model
 
 GREEDY = SamplingOptions(greedy=True)
@@ -69,6 +70,34 @@ def test_cfg_is_one_forward_per_step_and_matches_reference(setup):
                          prefix_allowed_tokens_fn=allowed, do_sample=False, max_new_tokens=layout.image_length,
                          pad_token_id=layout.pad_id, eos_token_id=None)
     assert torch.equal(layout.ids_to_codes(ref[0, ids.shape[1]:]), guided.codes[0])
+
+
+def test_three_branch_guidance_reduces_to_either_null_and_matches_its_formula(setup, monkeypatch):
+    """u + s_p (p - u) + s (c - p): s_p = s is CFG against the unconditional rows, s_p = 1 CFG against the prior
+    rows; one forward per step either way, and the first code is the argmax of the formula over plain forwards."""
+    layout, model, codes, prompts, nulls = setup
+    priors = [prompt_for(layout, codes[i], [31]) for i in range(3)]  # the prior with another (empty) prompt
+
+    def guided(null, prior_null, max_text=4, **kw):
+        return run(setup, null_prompts=null, prior_null_prompts=prior_null,
+                   options=DecodeOptions(image=GREEDY, cfg_text=2.0, max_text_tokens=max_text, **kw))
+
+    three = guided(nulls, priors, cfg_image=3.0, cfg_prior=3.0)
+    uncond = guided(nulls, None, cfg_image=3.0)
+    assert torch.equal(three.codes, uncond.codes) and three.text_ids == uncond.text_ids  # text: against u
+    assert three.forwards == uncond.forwards
+    assert torch.equal(guided(nulls, priors, cfg_image=3.0).codes, guided(priors, None, cfg_image=3.0).codes)
+    seen = []
+    monkeypatch.setattr(decoder, "select_tokens", lambda scores, *a: seen.append(scores) or select_tokens(scores, *a))
+    guided(nulls, priors, cfg_image=4.0, cfg_prior=2.0, max_text=0)
+    header = layout.block_template()[: layout.header_length].tolist()
+    lo, hi = layout.image_token_offset, layout.vocab_size
+    with torch.no_grad():  # the first code's scores from three plain forwards
+        lc, lp, lu = (torch.stack([torch.log_softmax(model(torch.tensor([r[i] + header])).logits[0, -1, lo:hi], -1)
+                                   for i in range(3)]) for r in (prompts, priors, nulls))
+    torch.testing.assert_close(seen[0], lu + 2.0 * (lp - lu) + 4.0 * (lc - lp), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="null_prompts as well"):
+        guided(None, priors, cfg_image=3.0)
 
 
 def test_grid_always_well_formed(setup):

@@ -115,8 +115,11 @@ class BatchRunner:
         options = self.opts.to_dict()
         for speed_only in ("cache", "trim_padding"):
             options["decode"].pop(speed_only, None)
-        if options["decode"]["cfg_image"] == 1.0 and options["decode"]["cfg_text"] == 1.0:
+        decode, three = options["decode"], options["cfg_null"] == "both"
+        if decode["cfg_image"] == 1.0 and decode["cfg_text"] == 1.0 and not (three and decode["cfg_prior"] != 1.0):
             options.pop("cfg_null")  # no CFG: the branch is never built
+        if not three:
+            decode.pop("cfg_prior")  # read by three-branch guidance alone
         sig = {"inputs": {"image": file_stamp(src.image), "prompt": src.prompt, "mask": file_stamp(src.mask),
                           "region": src.region},
                "options": options, "model": getattr(self.pipe, "source", None)}

@@ -39,7 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--cfg-text", type=float, default=1.0, help="CFG scale for the text (1 = off)")
     s.add_argument("--cfg-null", choices=CFG_NULLS, default="unconditional",
                    help="CFG's other branch: 'unconditional' drops prior and prompt (ProgEmu); 'prior' drops only the "
-                        "prompt, guiding by the prompt alone (for models trained with prompt_dropout)")
+                        "prompt, guiding by the prompt alone (for models trained with prompt_dropout); 'both' guides "
+                        "the image codes with three branches (--cfg-prior, --cfg-image)")
+    s.add_argument("--cfg-prior", type=float, default=1.0,
+                   help="with --cfg-null both: scale of the prior (without the prompt) over the unconditional branch; "
+                        "--cfg-image then scales the prompt over the prior (= --cfg-null unconditional when equal, "
+                        "= --cfg-null prior at 1)")
     s.add_argument("--cache", choices=("filled", "static", "dynamic"), default="filled", help="KV cache kind")
     r = p.add_argument_group("region and guidance")
     r.add_argument("--region", choices=REGION_SOURCES, default="none",
@@ -62,7 +67,7 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     text = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            greedy=not args.text_sampling)
     decode = DecodeOptions(image=image, text=text, cfg_image=args.cfg_image, cfg_text=args.cfg_text,
-                           max_text_tokens=args.max_text_tokens, cache=args.cache)
+                           max_text_tokens=args.max_text_tokens, cache=args.cache, cfg_prior=args.cfg_prior)
     return PipelineOptions(mode=args.mode, task=args.task, decode=decode, region=args.region, tau=args.tau,
                            dilate=args.dilate, guidance=args.guidance, num_samples=args.num_samples, seed=args.seed,
                            paste_prior=args.paste_prior, cfg_null=args.cfg_null)

@@ -11,7 +11,8 @@ How: every structural token of the image block (``<boi> h*w <img>``, ``<eol>``, 
 code outside the edit mask is *appended*, never sampled; a run of such tokens is fed in ONE forward, so
 the cost follows the number of sampled codes. Only codes are sampled inside the grid (logits sliced to
 the code range), so the block is well formed even for an untrained model. With CFG the unconditional
-prompts are extra rows of the same batch (2B rows, one forward per step), not a second serial forward.
+prompts are extra rows of the same batch (2B rows, one forward per step), not a second serial forward; with
+three-branch guidance the prior without the prompt adds B more rows to that forward.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class DecodeOptions:
     cache: str = "filled"
     # skip the left padding the unconditional rows share when attending (generation/attention.py); same results
     trim_padding: bool = True
+    # three-branch image guidance only (``prior_null_prompts`` given): the scale of the prior-without-prompt branch
+    # over the unconditional one, cfg_image then scaling the prompt over the prior (InstructPix2Pix's image / text
+    # scales)
+    cfg_prior: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,32 +83,39 @@ class CounterfactualGenerator:
 
     @staticmethod
     def _scores(stream: TokenStream, lo: int, hi: int, who: torch.Tensor, b: int, scale: float,
-                cfg_rows: bool) -> torch.Tensor:
-        """(len(who), hi - lo) guided log-probs over ids [lo, hi) for the items ``who`` (uncond rows at b + i)."""
-        if not cfg_rows:
+                branches: int, prior_scale: float = 1.0) -> torch.Tensor:
+        """(len(who), hi - lo) guided log-probs over ids [lo, hi) for the items ``who``. ``branches``: 1 (no CFG),
+        2 (null rows at b + i) or 3 (prior-without-prompt rows at b + i, unconditional rows at 2b + i)."""
+        if branches == 1:
             return cfg_combine(stream.logits(lo, hi, who), None, 1.0)
-        both = stream.logits(lo, hi, torch.cat([who, who + b]))  # (2n, hi - lo): one head call for both branches
-        n = who.shape[0]
-        return cfg_combine(both[:n], both[n:], scale)
+        rows = stream.logits(lo, hi, torch.cat([who + k * b for k in range(branches)]))  # one head call for all
+        parts = rows.split(who.shape[0])
+        if branches == 2:
+            return cfg_combine(parts[0], parts[1], scale)
+        return cfg_combine(parts[0], parts[2], scale, prior=parts[1], prior_scale=prior_scale)
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], *, null_prompts: list[list[int]] | None = None,
-                 prior_codes: torch.Tensor | None = None, edit_mask: torch.Tensor | None = None,
-                 seeds: list[int] | None = None, generate_image: bool = True,
-                 options: DecodeOptions | None = None) -> DecodeOutput:
+                 prior_null_prompts: list[list[int]] | None = None, prior_codes: torch.Tensor | None = None,
+                 edit_mask: torch.Tensor | None = None, seeds: list[int] | None = None,
+                 generate_image: bool = True, options: DecodeOptions | None = None) -> DecodeOutput:
         """Decode one image block (unless ``generate_image`` is False) then text for every prompt.
 
         ``prompts`` end right before the generated ``<boi>``, or after its header ``<boi> h*w <img>`` (as
         `ProgEmuProcessor.build_generation_prompt` writes them), or before the text when no image is made;
-        ``null_prompts`` are the unconditional prompts for CFG; ``edit_mask`` (B, h, w) is True where
-        codes are sampled, elsewhere ``prior_codes`` (B, h, w) are copied.
+        ``null_prompts`` are the unconditional prompts for CFG; with ``prior_null_prompts`` as well (the prior
+        without the prompt) the image codes get three-branch guidance (`cfg_combine`), the text plain CFG;
+        ``edit_mask`` (B, h, w) is True where codes are sampled, elsewhere ``prior_codes`` (B, h, w) are copied.
         """
         opts = options or self.options
         lay, b = self.layout, len(prompts)
         seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
-        if len(seeds) != b or (null_prompts is not None and len(null_prompts) != b):
-            raise ValueError("prompts, null_prompts and seeds must have one entry per item")
-        start = self._header_in_prompts(prompts, null_prompts) if generate_image else 0
+        if len(seeds) != b or any(x is not None and len(x) != b for x in (null_prompts, prior_null_prompts)):
+            raise ValueError("prompts, null_prompts, prior_null_prompts and seeds must have one entry per item")
+        if prior_null_prompts is not None and null_prompts is None:
+            raise ValueError("three-branch guidance needs null_prompts as well as prior_null_prompts")
+        start = self._header_in_prompts(prompts, [*(null_prompts or []), *(prior_null_prompts or [])]) \
+            if generate_image else 0
         img_len = lay.image_length - start if generate_image else 0
         total = max(map(len, prompts)) + img_len + opts.max_text_tokens
         limit = self._context_limit()
@@ -111,8 +123,10 @@ class CounterfactualGenerator:
             raise SequenceTooLongError(total, limit, "prompt + generated image + text")
         scale_img = opts.cfg_image if generate_image else 1.0
         scale_txt = opts.cfg_text if opts.max_text_tokens > 0 else 1.0
-        cfg_rows = null_prompts is not None and (scale_img != 1.0 or scale_txt != 1.0)
-        rows = list(prompts) + (list(null_prompts) if cfg_rows else [])
+        three = prior_null_prompts is not None and generate_image and (scale_img != 1.0 or opts.cfg_prior != 1.0)
+        cfg_rows = null_prompts is not None and (scale_img != 1.0 or scale_txt != 1.0 or three)
+        # row blocks: conditional | prior without prompt | unconditional (the two long ones first: one trimmed block)
+        rows = list(prompts) + (list(prior_null_prompts) if three else []) + (list(null_prompts) if cfg_rows else [])
         t0 = time.perf_counter()
         stream = TokenStream(self.model, rows, lay.pad_id, use_cache=opts.use_cache, cache=opts.cache,
                              max_length=max(map(len, rows)) + img_len + opts.max_text_tokens,
@@ -120,7 +134,7 @@ class CounterfactualGenerator:
         device = stream.device
         gens = make_generators(seeds, device)
         seconds = {"prefill": time.perf_counter() - t0}
-        reps = 2 if cfg_rows else 1
+        reps = 3 if three else 2 if cfg_rows else 1
         pending: list[torch.Tensor] = []  # (B,) columns appended but not yet fed
         codes = image_ids = None
         if generate_image:
@@ -134,8 +148,10 @@ class CounterfactualGenerator:
             t2 = time.perf_counter()
             if pending:
                 stream.feed(torch.stack(pending, 1).repeat(reps, 1))
-            if cfg_rows and scale_txt == 1.0:  # the unconditional rows have done their job
+            if cfg_rows and scale_txt == 1.0:  # the null rows have done their job
                 stream.select_rows(torch.arange(b))
+            elif three:  # the text is guided against the unconditional rows alone
+                stream.select_rows(torch.cat([torch.arange(b), torch.arange(2 * b, 3 * b)]))
             text_ids = self._text_phase(stream, gens, b, scale_txt, cfg_rows and stream.rows == 2 * b, opts)
             seconds["text"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
@@ -181,7 +197,7 @@ class CounterfactualGenerator:
                     pending.clear()
                 who_cpu = (plan[:, t] < 0).nonzero().flatten()
                 who = who_cpu.to(stream.device)
-                scores = self._scores(stream, lo, hi, who, b, scale, reps == 2)  # (n, K): codes only
+                scores = self._scores(stream, lo, hi, who, b, scale, reps, opts.cfg_prior)  # (n, K): codes only
                 tok = select_tokens(scores, opts.image, [gens[i] for i in who_cpu.tolist()])
                 chosen[who, t] = tok + lo
             pending.append(chosen[:, t])
@@ -196,7 +212,7 @@ class CounterfactualGenerator:
         done = torch.zeros(b, dtype=torch.bool, device=stream.device)
         out = []
         for step in range(opts.max_text_tokens):
-            scores = self._scores(stream, 0, n_text, who, b, scale, cfg_rows)  # (B, text vocab)
+            scores = self._scores(stream, 0, n_text, who, b, scale, 2 if cfg_rows else 1)  # (B, text vocab)
             scores[:, ~allowed] = float("-inf")  # after CFG: -inf - -inf would be nan
             tok = select_tokens(scores, opts.text, gens)
             tok = torch.where(done, torch.full_like(tok, lay.eos_id), tok)

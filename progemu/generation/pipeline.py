@@ -38,7 +38,7 @@ from progemu.generation.region import (
 from progemu.io import file_stamp
 
 MODES: tuple[str, ...] = ("counterfactual", "report2image", "image2report")
-CFG_NULLS: tuple[str, ...] = ("unconditional", "prior")
+CFG_NULLS: tuple[str, ...] = ("unconditional", "prior", "both")
 PASTE_RING = 1  # cells around a changed code whose pixels come from the VQ decoder with --paste-prior
 
 
@@ -60,7 +60,9 @@ class PipelineOptions:
     seed: int = 0
     # the CFG branch: "unconditional" drops prior and prompt (ProgEmu / Emu3, trained by cfg_dropout); "prior" keeps
     # the prior and drops the prompt (InstructPix2Pix's text guidance, trained by prompt_dropout), so the scale
-    # amplifies what the prompt changes and not the copy of the prior as well
+    # amplifies what the prompt changes and not the copy of the prior as well; "both" guides the image codes with
+    # three branches (decode.cfg_prior scales the prior over the unconditional branch, decode.cfg_image the prompt
+    # over the prior) and the text against the unconditional branch
     cfg_null: str = "unconditional"
 
     def __post_init__(self) -> None:
@@ -76,8 +78,9 @@ class PipelineOptions:
             raise ValueError("num_samples must be >= 1")
         if self.cfg_null not in CFG_NULLS:
             raise ValueError(f"cfg_null must be one of {CFG_NULLS}, got {self.cfg_null!r}")
-        if self.cfg_null == "prior" and self.mode != "counterfactual":
-            raise ValueError(f"cfg_null 'prior' needs a prior and a prompt to drop: mode 'counterfactual', not {self.mode!r}")
+        if self.cfg_null in ("prior", "both") and self.mode != "counterfactual":
+            raise ValueError(f"cfg_null {self.cfg_null!r} needs a prior and a prompt to drop: mode 'counterfactual', "
+                             f"not {self.mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,6 +232,7 @@ class CounterfactualPipeline:
                      if opts.mode == "counterfactual" else None)
         nulls = no_prompt if opts.cfg_null == "prior" else [
             proc.build_generation_prompt(task, unconditional=True) for _ in items]
+        prior_nulls = no_prompt if opts.cfg_null == "both" else None
         relevance = masks = None
         regions: list[dict] = [{} for _ in items]
         guid_grids: list[torch.Tensor | None] = [None] * n
@@ -253,6 +257,7 @@ class CounterfactualPipeline:
             edit_mask = torch.stack([masks[i] if masks[i] is not None else full for i in rep])
             prior = codes[rep]
         out = self.generator.generate([prompts[i] for i in rep], null_prompts=[nulls[i] for i in rep],
+                                      prior_null_prompts=None if prior_nulls is None else [prior_nulls[i] for i in rep],
                                       prior_codes=prior, edit_mask=edit_mask, seeds=seeds,
                                       generate_image=opts.mode != "image2report", options=opts.decode)
         images = proc.decode_codes(out.codes) if out.codes is not None else None  # (B*k, H, W)

@@ -67,9 +67,18 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
     return out
 
 
-def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on log-probabilities, as transformers' CFG processors: u + s * (c - u)."""
+def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, prior: torch.Tensor | None = None,
+                prior_scale: float = 1.0) -> torch.Tensor:
+    """Classifier-free guidance on log-probabilities, as transformers' CFG processors: u + s * (c - u).
+
+    With ``prior`` (the prior without the prompt), InstructPix2Pix's three-branch guidance:
+    u + prior_scale * (p - u) + scale * (c - p); prior_scale = scale is plain CFG against u, prior_scale = 1
+    plain CFG against p.
+    """
     lc = torch.log_softmax(cond.float(), dim=-1)
+    if prior is not None:
+        lp, lu = torch.log_softmax(prior.float(), dim=-1), torch.log_softmax(uncond.float(), dim=-1)
+        return lu + prior_scale * (lp - lu) + scale * (lc - lp)
     if scale == 1.0:
         return lc
     lu = torch.log_softmax(uncond.float(), dim=-1)
