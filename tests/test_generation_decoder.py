@@ -192,3 +192,21 @@ def test_cache_kinds_agree_with_cfg_rows_dropped_for_text(setup):
     for out in outs[1:]:
         assert torch.equal(out.codes, outs[0].codes)
         assert out.text_ids == outs[0].text_ids
+
+
+@pytest.mark.parametrize("opts", [SamplingOptions(top_k=3), SamplingOptions(top_k=4, top_p=0.8, temperature=0.7)])
+def test_top_k_draws_follow_the_filtered_distribution(opts):
+    """Drawing among the k best only gives transformers' top-k (then top-p) distribution over the whole vocabulary."""
+    from progemu.generation.sampling import _warpers
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(1, 12, generator=g) * 2
+    scores[0, 5] = float("-inf")  # a forbidden token stays forbidden
+    want = torch.softmax(_warpers(opts)(None, scores.clone()), -1)[0]  # the filters over all 12 ids
+    gens = [torch.Generator().manual_seed(11)]
+    draws = torch.stack([select_tokens(scores, opts, gens) for _ in range(6000)])[:, 0]
+    freq = torch.bincount(draws, minlength=12).float() / draws.numel()
+    assert set(draws.tolist()) <= set(want.nonzero().flatten().tolist())
+    assert (freq - want).abs().max() < 0.025
+    again = [torch.Generator().manual_seed(11)]
+    assert [int(select_tokens(scores, opts, again)) for _ in range(20)] == draws[:20].tolist()  # seeds reproduce

@@ -43,12 +43,12 @@ def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _warpers(opts: SamplingOptions) -> LogitsProcessorList:
+def _warpers(opts: SamplingOptions, top_k: bool = True) -> LogitsProcessorList:
     # transformers' warpers, so the filters behave exactly as in `generate()`
     procs = LogitsProcessorList()
     if opts.temperature not in (0.0, 1.0):
         procs.append(TemperatureLogitsWarper(opts.temperature))
-    if opts.top_k > 0:
+    if opts.top_k > 0 and top_k:
         procs.append(TopKLogitsWarper(opts.top_k))
     if opts.top_p < 1.0:
         procs.append(TopPLogitsWarper(opts.top_p))
@@ -59,12 +59,18 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
     """(N, V) scores (logits or log-probs; -inf = forbidden) -> (N,) chosen indices; row i uses ``generators[i]``."""
     if opts.is_greedy:
         return scores.argmax(-1)
-    scores = _warpers(opts)(None, scores.float())
-    probs = torch.softmax(scores, dim=-1)  # (N, V)
+    scores, index = scores.float(), None
+    if 0 < opts.top_k < scores.shape[-1]:
+        # draw among the k best alone (the same distribution as top-k filtering over all V: temperature keeps the
+        # order, top-p renormalises over the survivors): multinomial costs one exponential draw per candidate,
+        # ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256
+        scores, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
+    scores = _warpers(opts, top_k=index is None)(None, scores)
+    probs = torch.softmax(scores, dim=-1)  # (N, V) or (N, k)
     out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
     for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
         out[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
-    return out
+    return out if index is None else index.gather(1, out[:, None])[:, 0]
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, prior: torch.Tensor | None = None,
