@@ -1,11 +1,13 @@
 """ProgEmuForCausalLM on a CUDA GPU: bf16 attention kernels agree, KV cache, checkpointed training, 8B preset.
 
-Skipped without CUDA. On a GPU machine: ``pytest -m gpu tests/test_model_gpu.py``; throughput figures:
+Skipped without CUDA. On a GPU machine: ``pytest -m gpu tests/test_model_gpu.py`` (``PROGEMU_GPU_TESTS_ON=cpu`` runs
+the same code on the CPU, to check the file itself, with ``-m 'gpu and not slow'``); throughput figures:
 ``python -m tests.test_model_gpu`` (prints tokens/s of a training step and of cached generation per preset).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -15,7 +17,9 @@ from progemu.configuration_progemu import ProgEmuConfig
 from progemu.modeling_progemu import ProgEmuForCausalLM
 from progemu.vocab import SPECIAL_TOKENS, VocabLayout
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() and "PROGEMU_GPU_TESTS_ON" not in os.environ,
+                                                  reason="needs a CUDA device")]
+DEVICE = os.environ.get("PROGEMU_GPU_TESTS_ON", "cuda")  # "cpu": a dry run of this file's logic
 
 
 def _layout(grid: int, codebook: int, text: int = 1024) -> VocabLayout:
@@ -26,7 +30,7 @@ def _layout(grid: int, codebook: int, text: int = 1024) -> VocabLayout:
 
 def _model(preset: str, layout: VocabLayout, attn: str = "sdpa", dtype=torch.bfloat16, **kw) -> ProgEmuForCausalLM:
     cfg = ProgEmuConfig.from_preset(preset, layout=layout, **kw)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         model = ProgEmuForCausalLM._from_config(cfg, attn_implementation=attn, dtype=dtype)
     return model
 
@@ -40,7 +44,7 @@ def _sequence(layout: VocabLayout, n_text: int = 40, batch: int = 1) -> torch.Te
         imgs = [layout.codes_to_ids(torch.randint(0, layout.codebook_size, (layout.grid_h, layout.grid_w),
                                                   generator=g)) for _ in range(2)]
         rows.append(torch.cat([torch.tensor([layout.bos_id]), text, imgs[0], imgs[1], text, torch.tensor([1])]))
-    return torch.stack(rows).cuda()
+    return torch.stack(rows).to(DEVICE)
 
 
 def test_bf16_sdpa_matches_eager():
@@ -91,6 +95,41 @@ def test_checkpointed_bf16_training_step():
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.num_image_tokens > 0 and out.num_text_tokens > 0
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_counterfactual_decoder_invariants_on_cuda(dtype):
+    """The decoder on CUDA: cached = uncached and filled = static cache (fp32: exactly; bf16 kernels differ by
+    shape), CFG 1 = no CFG, codes outside the edit mask = the prior's, an item alone = in a batch (fp32)."""
+    from progemu.generation.decoder import CounterfactualGenerator, DecodeOptions
+    from progemu.generation.sampling import SamplingOptions
+
+    lay = _layout(8, 1024, text=512)
+    torch.manual_seed(0)
+    model = _model("tiny", lay, dtype=dtype).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # sharp logits: no argmax ties
+    gen = CounterfactualGenerator(model, lay)
+    codes = torch.randint(0, 1024, (4, 8, 8))
+    prompts = [[lay.bos_id, *range(40, 43 + i), *lay.codes_to_ids(codes[i]).tolist()] for i in range(4)]
+    nulls = [[lay.bos_id]] * 4
+    greedy = SamplingOptions(greedy=True)
+    a = gen.generate(prompts, options=DecodeOptions(image=greedy, max_text_tokens=8))
+    cfg1 = gen.generate(prompts, null_prompts=nulls, options=DecodeOptions(image=greedy, cfg_text=2.0, max_text_tokens=8))
+    assert torch.equal(a.codes, cfg1.codes)
+    mask = torch.zeros(4, 8, 8, dtype=torch.bool)
+    mask[:, 2:5, 2:5] = True
+    r = gen.generate(prompts, null_prompts=nulls, prior_codes=codes, edit_mask=mask, seeds=[1, 2, 3, 4],
+                     options=DecodeOptions(cfg_image=3.0, max_text_tokens=4))
+    assert torch.equal(r.codes.cpu()[~mask], codes[~mask])
+    if dtype == torch.float32:
+        b = gen.generate(prompts, options=DecodeOptions(image=greedy, max_text_tokens=8, use_cache=False))
+        s = gen.generate(prompts, options=DecodeOptions(image=greedy, max_text_tokens=8, cache="static"))
+        assert torch.equal(a.codes, b.codes) and a.text_ids == b.text_ids and torch.equal(a.codes, s.codes)
+        opts = DecodeOptions(cfg_image=3.0, max_text_tokens=4)
+        batch = gen.generate(prompts, null_prompts=nulls, seeds=[1, 2, 3, 4], options=opts)
+        alone = gen.generate(prompts[2:3], null_prompts=nulls[2:3], seeds=[3], options=opts)
+        assert torch.equal(batch.codes[2], alone.codes[0])
 
 
 @pytest.mark.slow
