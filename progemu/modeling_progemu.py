@@ -13,7 +13,8 @@ class adds the LM head, a loss that weighs and reports image and text tokens sep
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -34,11 +34,23 @@ from progemu.vocab import VocabLayout
 # the name of the KV-cache argument / output field of the installed transformers ("cache" from 5.2x on)
 _CACHE_KW = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
-# SDPA backends of inference forwards: all but cuDNN. cuDNN attention (which torch picks first for bf16 on
-# Hopper) builds an execution plan for every new query / key length, ~30-60 ms each, and decoding makes a new
-# key length every step: measured on an H100, bf16 HF generate ran 38.7 ms/step against 8.7 ms/step once the
-# same lengths had been planned. Training keeps torch's choice (fixed shapes, where cuDNN is fastest).
-_INFERENCE_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+@contextmanager
+def no_cudnn_attention() -> Iterator[None]:
+    """SDPA without its cuDNN backend inside the block (the caller's other backend choices are kept).
+
+    Why: cuDNN attention (which torch picks first for bf16 on Hopper) builds an execution plan for every new
+    query / key length, and decoding makes a new key length every step: measured on an H100, bf16 HF generate ran
+    38.7 ms/step against 8.7 ms/step over lengths already planned. Inference forwards (`ProgEmuForCausalLM` out of
+    training mode, `generation.stream.TokenStream`) run inside it; training keeps torch's choice (fixed shapes,
+    where cuDNN is fastest).
+    """
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
 
 
 def default_attn_implementation(dtype: Any = None) -> str:
@@ -159,7 +171,7 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
         accumulation) replaces the per-batch normaliser ``sum(weights)``."""
         # transformers renamed `past_key_values` to `cache` within 5.x: accept both, pass the backbone's name
         cache = cache if cache is not None else past_key_values
-        with sdpa_kernel(_INFERENCE_SDPA) if not self.training else nullcontext():
+        with no_cudnn_attention() if not self.training else nullcontext():
             outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                  inputs_embeds=inputs_embeds, use_cache=use_cache, **{_CACHE_KW: cache}, **kwargs)
         hidden = outputs.last_hidden_state  # (B, T, D)
@@ -234,4 +246,4 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
 
 
 __all__ = ["ProgEmuCausalLMOutput", "ProgEmuForCausalLM", "ProgEmuPreTrainedModel", "default_attn_implementation",
-           "image_block_mask"]
+           "image_block_mask", "no_cudnn_attention"]

@@ -99,15 +99,15 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     assert not redone("--cache", "dynamic")  # a speed-only setting
     assert redone("--cfg-null", "prior")  # another CFG branch
     assert not redone("--cfg-null", "prior")
-    assert not redone("--cfg-null", "prior", "--cfg-prior", "2")  # read by three-branch guidance alone
     assert redone("--cfg-null", "both", "--cfg-prior", "2")
     assert not redone("--cfg-null", "both", "--cfg-prior", "2")
     assert redone("--cfg-null", "both", "--cfg-prior", "1.5")
     assert redone("--cfg-null", "prior")
 
-    def written_before_cfg_null() -> None:  # a record from before the option existed means the old branch
+    def written_before_cfg_null() -> None:  # a record from before the options existed means the old branch
         data = json.loads(record.read_text())
         data["options"].pop("cfg_null")
+        data["options"]["decode"].pop("cfg_prior", None)
         record.write_text(json.dumps(data))
 
     written_before_cfg_null()
@@ -218,13 +218,14 @@ def test_three_branch_pipeline_passes_both_nulls(pipe, monkeypatch):
     seen, generate = [], pipe.generator.generate
     monkeypatch.setattr(pipe.generator, "generate", lambda *a, **kw: seen.append(kw) or generate(*a, **kw))
     outs = {}
-    for null, s_p in (("both", 3.0), ("unconditional", 1.0)):
+    for null, s_p in (("both", 3.0), ("unconditional", 1.0)):  # cfg_prior belongs to "both" alone
         decode = DecodeOptions(image=SamplingOptions(greedy=True), cfg_image=3.0, cfg_prior=s_p, max_text_tokens=2)
         outs[null] = pipe([item], PipelineOptions(decode=decode, guidance="none", cfg_null=null))[0]
     assert seen[0]["null_prompts"] == [proc.build_generation_prompt("icg", unconditional=True)]
     assert seen[0]["prior_null_prompts"] == [proc.build_generation_prompt("icg", prior_codes=codes, prompt="")]
     assert seen[1]["prior_null_prompts"] is None
-    assert torch.equal(outs["both"].codes, outs["unconditional"].codes) and outs["both"].text == outs["unconditional"].text
+    assert torch.equal(outs["both"].codes, outs["unconditional"].codes)
+    assert outs["both"].text == outs["unconditional"].text
     with pytest.raises(ValueError, match="cfg_null 'both'"):
         PipelineOptions(mode="image2report", cfg_null="both")
 
@@ -233,8 +234,10 @@ def test_generate_command_rejects_contradicting_options(model_dir, tmp_path, cap
     args = ["generate", "--model", str(model_dir), "--input", str(_manifest(tmp_path)), "--out", str(tmp_path / "o")]
     assert main([*args, "--mode", "report2image", "--cfg-null", "prior"]) == 2
     assert main([*args, "--region", "auto", "--guidance", "none"]) == 2
+    assert main([*args, "--cfg-prior", "2"]) == 2  # a three-branch scale without three branches
     err = capsys.readouterr().err
     assert "cfg_null 'prior' needs a prior" in err and "region 'auto' needs a guidance map" in err
+    assert "cfg_prior is the prior branch's scale" in err
     assert not (tmp_path / "o").exists()  # nothing started
 
 

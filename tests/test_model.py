@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import progemu  # noqa: F401  (registers the Auto classes)
 from progemu.configuration_progemu import PRESETS, ProgEmuConfig
+from progemu.generation.decoder import CounterfactualGenerator, DecodeOptions
 from progemu.modeling_progemu import ProgEmuForCausalLM, image_block_mask
 from progemu.tokenization import add_special_tokens, layout_for_tokenizer
 from tests._progemu_helpers import PROMPT, TEXT, make_model, make_processor, random_codes
@@ -56,12 +58,13 @@ def test_generate_and_cached_equals_uncached(proc):
 
 
 def test_inference_forwards_keep_off_cudnn_attention(proc, monkeypatch):
-    """cuDNN SDPA plans every new key length (one per decode step): eval forwards exclude it, training keeps it."""
+    """cuDNN SDPA plans every new key length (one per decode step): eval forwards and the generator's decoding
+    exclude it, and nothing else of the caller's backend choice; training keeps it."""
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def spy(*args, **kwargs):
-        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()))
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
@@ -70,11 +73,19 @@ def test_inference_forwards_keep_off_cudnn_attention(proc, monkeypatch):
     assert torch.backends.cuda.cudnn_sdp_enabled()
     with torch.no_grad():
         model.eval()(ids)
-    assert seen and not any(seen)
+    assert seen and not any(cudnn for cudnn, _ in seen)
     assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the forward
     seen.clear()
+    prompt = proc.build_generation_prompt("icg", random_codes(proc)[0], PROMPT)
+    CounterfactualGenerator(model, proc.layout).generate([prompt], options=DecodeOptions(max_text_tokens=2))
+    assert seen and not any(cudnn for cudnn, _ in seen)  # the generator calls the backbone itself
+    seen.clear()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the caller's choice of the other backends stays
+        model(ids)
+    assert seen and not any(cudnn or flash for cudnn, flash in seen)
+    seen.clear()
     model.train()(ids)
-    assert seen and all(seen)
+    assert seen and all(cudnn for cudnn, _ in seen)
 
 
 def test_loss_split_sums(proc):

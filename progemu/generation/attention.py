@@ -5,8 +5,9 @@ left-padded to the conditional rows' length (prompt + prior image, ~300 tokens a
 every padded slot of the KV cache at every decoding step. Decoding a small model is bound by those reads, not
 by arithmetic (measured on the CPU: one SDPA call of 16 rows over ~400 slots takes 1.3 ms inside the decoding
 loop, 0.4 ms when its K/V stay in cache), so the padding costs as much as the tokens. `plan_blocks` splits the
-rows into at most two contiguous blocks (conditional | unconditional), each starting at the first slot any of
-its rows uses; `trimmed_sdpa` then runs transformers' own SDPA once per block on *views* of the cache (no copy).
+rows into at most two contiguous blocks (conditional [+ prior without prompt] | unconditional: the three-branch
+row order keeps the two long blocks together), each starting at the first slot any of its rows uses;
+`trimmed_sdpa` then runs transformers' own SDPA once per block on *views* of the cache (no copy).
 Results equal plain SDPA: the skipped slots are masked out for every row of the block. With
 ``--cfg-null prior`` the null rows hold the prior too (only the prompt is missing), so there is little padding
 and `plan_blocks` keeps one block; that branch costs about twice the unconditional one's attention and prompt pass.

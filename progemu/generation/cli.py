@@ -43,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "the image codes with three branches (--cfg-prior, --cfg-image)")
     s.add_argument("--cfg-prior", type=float, default=1.0,
                    help="with --cfg-null both: scale of the prior (without the prompt) over the unconditional branch; "
-                        "--cfg-image then scales the prompt over the prior (= --cfg-null unconditional when equal, "
-                        "= --cfg-null prior at 1)")
+                        "--cfg-image then scales the prompt over the prior (for the image codes: = --cfg-null "
+                        "unconditional when equal, = --cfg-null prior at 1; the text is guided against the "
+                        "unconditional branch)")
     s.add_argument("--cache", choices=("filled", "static", "dynamic"), default="filled", help="KV cache kind")
     r = p.add_argument_group("region and guidance")
     r.add_argument("--region", choices=REGION_SOURCES, default="none",

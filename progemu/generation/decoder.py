@@ -30,7 +30,7 @@ from progemu.vocab import VocabLayout
 
 @dataclass
 class DecodeOptions:
-    """Decoding knobs; scales of 1.0 switch CFG off for that phase."""
+    """Decoding knobs; scales of 1.0 switch CFG off for that phase (and cfg_prior 1.0 too, with three branches)."""
 
     image: SamplingOptions = field(default_factory=SamplingOptions)
     text: SamplingOptions = field(default_factory=lambda: SamplingOptions(greedy=True))
@@ -82,16 +82,15 @@ class CounterfactualGenerator:
         return getattr(cfg, "max_position_embeddings", None)
 
     @staticmethod
-    def _scores(stream: TokenStream, lo: int, hi: int, who: torch.Tensor, b: int, scale: float,
-                branches: int, prior_scale: float = 1.0) -> torch.Tensor:
-        """(len(who), hi - lo) guided log-probs over ids [lo, hi) for the items ``who``. ``branches``: 1 (no CFG),
-        2 (null rows at b + i) or 3 (prior-without-prompt rows at b + i, unconditional rows at 2b + i)."""
-        if branches == 1:
-            return cfg_combine(stream.logits(lo, hi, who), None, 1.0)
-        rows = stream.logits(lo, hi, torch.cat([who + k * b for k in range(branches)]))  # one head call for all
+    def _scores(stream: TokenStream, lo: int, hi: int, who: torch.Tensor, offsets: tuple[int, ...], scale: float,
+                prior_scale: float = 1.0) -> torch.Tensor:
+        """(len(who), hi - lo) guided log-probs over ids [lo, hi) for the items ``who``. ``offsets``: where the
+        other branches' rows start: () no CFG, (u,) null rows at u + i, (p, u) prior-without-prompt rows at p + i
+        and unconditional rows at u + i (three-branch)."""
+        rows = stream.logits(lo, hi, torch.cat([who, *(who + k for k in offsets)]))  # one head call for all
         parts = rows.split(who.shape[0])
-        if branches == 2:
-            return cfg_combine(parts[0], parts[1], scale)
+        if len(offsets) < 2:
+            return cfg_combine(parts[0], parts[1] if offsets else None, scale if offsets else 1.0)
         return cfg_combine(parts[0], parts[2], scale, prior=parts[1], prior_scale=prior_scale)
 
     @torch.inference_mode()
@@ -152,7 +151,9 @@ class CounterfactualGenerator:
                 stream.select_rows(torch.arange(b))
             elif three:  # the text is guided against the unconditional rows alone
                 stream.select_rows(torch.cat([torch.arange(b), torch.arange(2 * b, 3 * b)]))
-            text_ids = self._text_phase(stream, gens, b, scale_txt, cfg_rows and stream.rows == 2 * b, opts)
+            # where the unconditional rows are now (a static cache keeps every row: select_rows is a no-op there)
+            null_at = () if not cfg_rows or scale_txt == 1.0 else (stream.rows - b,)
+            text_ids = self._text_phase(stream, gens, b, scale_txt, null_at, opts)
             seconds["text"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         return DecodeOutput(codes=codes, text_ids=text_ids, image_ids=image_ids, forwards=stream.forwards,
@@ -197,14 +198,15 @@ class CounterfactualGenerator:
                     pending.clear()
                 who_cpu = (plan[:, t] < 0).nonzero().flatten()
                 who = who_cpu.to(stream.device)
-                scores = self._scores(stream, lo, hi, who, b, scale, reps, opts.cfg_prior)  # (n, K): codes only
+                offsets = tuple(k * b for k in range(1, reps))
+                scores = self._scores(stream, lo, hi, who, offsets, scale, opts.cfg_prior)  # (n, K): codes only
                 tok = select_tokens(scores, opts.image, [gens[i] for i in who_cpu.tolist()])
                 chosen[who, t] = tok + lo
             pending.append(chosen[:, t])
         return torch.cat([header.to(stream.device), chosen], 1)  # (B, image_length)
 
     def _text_phase(self, stream: TokenStream, gens: list[torch.Generator], b: int, scale: float,
-                    cfg_rows: bool, opts: DecodeOptions) -> list[list[int]]:
+                    null_at: tuple[int, ...], opts: DecodeOptions) -> list[list[int]]:
         lay = self.layout
         n_text = lay.text_vocab_size  # the text range only: codes are never text
         allowed = self._text_allowed[:n_text].to(stream.device)
@@ -212,7 +214,7 @@ class CounterfactualGenerator:
         done = torch.zeros(b, dtype=torch.bool, device=stream.device)
         out = []
         for step in range(opts.max_text_tokens):
-            scores = self._scores(stream, 0, n_text, who, b, scale, 2 if cfg_rows else 1)  # (B, text vocab)
+            scores = self._scores(stream, 0, n_text, who, null_at, scale)  # (B, text vocab)
             scores[:, ~allowed] = float("-inf")  # after CFG: -inf - -inf would be nan
             tok = select_tokens(scores, opts.text, gens)
             tok = torch.where(done, torch.full_like(tok, lay.eos_id), tok)

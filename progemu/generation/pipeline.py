@@ -78,6 +78,9 @@ class PipelineOptions:
             raise ValueError("num_samples must be >= 1")
         if self.cfg_null not in CFG_NULLS:
             raise ValueError(f"cfg_null must be one of {CFG_NULLS}, got {self.cfg_null!r}")
+        if self.decode.cfg_prior != 1.0 and self.cfg_null != "both":
+            raise ValueError(f"cfg_prior is the prior branch's scale in three-branch guidance: it needs cfg_null "
+                             f"'both', not {self.cfg_null!r}")
         if self.cfg_null in ("prior", "both") and self.mode != "counterfactual":
             raise ValueError(f"cfg_null {self.cfg_null!r} needs a prior and a prompt to drop: mode 'counterfactual', "
                              f"not {self.mode!r}")
@@ -256,10 +259,13 @@ class CounterfactualPipeline:
             full = torch.ones(lay.grid_h, lay.grid_w, dtype=torch.bool)
             edit_mask = torch.stack([masks[i] if masks[i] is not None else full for i in rep])
             prior = codes[rep]
-        out = self.generator.generate([prompts[i] for i in rep], null_prompts=[nulls[i] for i in rep],
-                                      prior_null_prompts=None if prior_nulls is None else [prior_nulls[i] for i in rep],
-                                      prior_codes=prior, edit_mask=edit_mask, seeds=seeds,
-                                      generate_image=opts.mode != "image2report", options=opts.decode)
+        def by_row(lists: list | None) -> list | None:  # one entry per generated row (an item's k samples)
+            return None if lists is None else [lists[i] for i in rep]
+
+        out = self.generator.generate(by_row(prompts), null_prompts=by_row(nulls),
+                                      prior_null_prompts=by_row(prior_nulls), prior_codes=prior,
+                                      edit_mask=edit_mask, seeds=seeds, generate_image=opts.mode != "image2report",
+                                      options=opts.decode)
         images = proc.decode_codes(out.codes) if out.codes is not None else None  # (B*k, H, W)
         seconds = {"load": t_load, "guidance": t_guid, **{f"decode_{a}": b for a, b in out.seconds.items()}}
         results = []

@@ -64,7 +64,11 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
         # draw among the k best alone (the same distribution as top-k filtering over all V: temperature keeps the
         # order, top-p renormalises over the survivors): multinomial costs one exponential draw per candidate,
         # ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256
-        scores, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
+        best, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
+        if bool(((scores >= best[:, -1:]) & (scores > float("-inf"))).sum(-1).gt(opts.top_k).any()):
+            index = None  # ties at the k-th value: transformers keeps them all, so draw over the whole vocabulary
+        else:
+            scores = best
     scores = _warpers(opts, top_k=index is None)(None, scores)
     probs = torch.softmax(scores, dim=-1)  # (N, V) or (N, k)
     out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
@@ -82,6 +86,8 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, p
     plain CFG against p.
     """
     lc = torch.log_softmax(cond.float(), dim=-1)
+    if prior is not None and uncond is None:
+        raise ValueError("three-branch guidance needs the unconditional scores as well as the prior's")
     if prior is not None:
         lp, lu = torch.log_softmax(prior.float(), dim=-1), torch.log_softmax(uncond.float(), dim=-1)
         return lu + prior_scale * (lp - lu) + scale * (lc - lp)

@@ -14,6 +14,7 @@ from transformers import DynamicCache, StaticCache
 
 from progemu.generation.attention import plan_blocks, trimmed_attention
 from progemu.generation.kv_cache import FilledCache
+from progemu.modeling_progemu import no_cudnn_attention
 
 
 def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
@@ -124,7 +125,7 @@ class TokenStream:
             kwargs[self.cache_kw] = self.cache if cache is None else cache
         self.forwards += 1
         self.tokens_fed += int(ids.numel())
-        with trimmed_attention(self._attn_config if blocks else None) as trimmed:
+        with no_cudnn_attention(), trimmed_attention(self._attn_config if blocks else None) as trimmed:
             if trimmed:
                 kwargs["kv_blocks"] = blocks
             if self.decoder is not None:

@@ -1,0 +1,45 @@
+"""Token selection: top-k / top-p draws follow transformers' filtered distribution; three-branch CFG's formula."""
+
+import pytest
+import torch
+
+from progemu.generation.sampling import SamplingOptions, _warpers, cfg_combine, select_tokens
+
+NEG = float("-inf")
+
+
+def _frequencies(scores: torch.Tensor, opts: SamplingOptions, draws: int = 6000) -> tuple[torch.Tensor, list[int]]:
+    gens = [torch.Generator().manual_seed(11)]
+    picks = torch.stack([select_tokens(scores, opts, gens) for _ in range(draws)])[:, 0]
+    return torch.bincount(picks, minlength=scores.shape[-1]).float() / draws, picks[:20].tolist()
+
+
+@pytest.mark.parametrize("case", ["plain", "forbidden among the best", "fewer allowed than k", "ties at the k-th"])
+@pytest.mark.parametrize("opts", [SamplingOptions(top_k=3), SamplingOptions(top_k=4, top_p=0.8, temperature=0.7)])
+def test_top_k_draws_follow_the_filtered_distribution(case, opts):
+    """Drawing among the k best only gives transformers' top-k (then top-p) distribution over the whole vocabulary,
+    never draws a forbidden token, and reproduces with the seed."""
+    scores = torch.randn(1, 12, generator=torch.Generator().manual_seed(3)) * 2
+    if case == "forbidden among the best":
+        scores[0, int(scores.argmax())] = NEG
+    elif case == "fewer allowed than k":
+        scores[0, 2:] = NEG
+    elif case == "ties at the k-th":
+        scores = torch.tensor([[3.0, 2.0, 1.0, 1.0, 1.0, 0.0, -1.0, 1.0]])
+    want = torch.softmax(_warpers(opts)(None, scores.clone()), -1)[0]  # the filters over all ids
+    freq, first = _frequencies(scores, opts)
+    assert set(freq.nonzero().flatten().tolist()) <= set(want.nonzero().flatten().tolist())
+    assert (freq - want).abs().max() < 0.025
+    assert _frequencies(scores, opts, draws=20)[1] == first  # the same seed, the same draws
+
+
+def test_three_branch_formula_and_its_two_reductions():
+    g = torch.Generator().manual_seed(0)
+    c, p, u = (torch.randn(2, 9, generator=g) for _ in range(3))
+    ls = lambda x: torch.log_softmax(x, -1)  # noqa: E731
+    torch.testing.assert_close(cfg_combine(c, u, 4.0, prior=p, prior_scale=2.0),
+                               ls(u) + 2.0 * (ls(p) - ls(u)) + 4.0 * (ls(c) - ls(p)))
+    torch.testing.assert_close(cfg_combine(c, u, 3.0, prior=p, prior_scale=3.0), cfg_combine(c, u, 3.0))
+    torch.testing.assert_close(cfg_combine(c, u, 3.0, prior=p, prior_scale=1.0), cfg_combine(c, p, 3.0))
+    with pytest.raises(ValueError, match="unconditional"):
+        cfg_combine(c, None, 3.0, prior=p)
