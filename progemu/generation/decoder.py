@@ -113,8 +113,8 @@ class CounterfactualGenerator:
             raise ValueError("prompts, null_prompts, prior_null_prompts and seeds must have one entry per item")
         if prior_null_prompts is not None and null_prompts is None:
             raise ValueError("three-branch guidance needs null_prompts as well as prior_null_prompts")
-        start = self._header_in_prompts(prompts, [*(null_prompts or []), *(prior_null_prompts or [])]) \
-            if generate_image else 0
+        others = [*(null_prompts or []), *(prior_null_prompts or [])]
+        start = self._header_in_prompts(prompts, others) if generate_image else 0
         img_len = lay.image_length - start if generate_image else 0
         total = max(map(len, prompts)) + img_len + opts.max_text_tokens
         limit = self._context_limit()

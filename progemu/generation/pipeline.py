@@ -259,6 +259,7 @@ class CounterfactualPipeline:
             full = torch.ones(lay.grid_h, lay.grid_w, dtype=torch.bool)
             edit_mask = torch.stack([masks[i] if masks[i] is not None else full for i in rep])
             prior = codes[rep]
+
         def by_row(lists: list | None) -> list | None:  # one entry per generated row (an item's k samples)
             return None if lists is None else [lists[i] for i in rep]
 
