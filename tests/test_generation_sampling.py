@@ -33,6 +33,22 @@ def test_top_k_draws_follow_the_filtered_distribution(case, opts):
     assert _frequencies(scores, opts, draws=20)[1] == first  # the same seed, the same draws
 
 
+@pytest.mark.parametrize("opts", [SamplingOptions(top_k=3), SamplingOptions(top_k=3, top_p=0.9, temperature=0.8)])
+def test_a_rows_draw_does_not_depend_on_its_neighbours(opts):
+    """A tie-free row draws the same tokens alone and beside a row with ties at the k-th value (which draws among
+    its own survivors), and the tied row follows transformers' distribution."""
+    plain = torch.tensor([[1.1, 0.3, 1.7, -0.4, 2.5, 0.0, 0.9, -2.0]])  # best first by value, last by index
+    tied = torch.tensor([[3.0, 2.0, 1.0, 1.0, 1.0, 0.0, -1.0, 1.0]])
+    for seed in range(30):
+        alone = select_tokens(plain, opts, [torch.Generator().manual_seed(seed)])
+        batch = select_tokens(torch.cat([tied, plain]), opts,
+                              [torch.Generator().manual_seed(99), torch.Generator().manual_seed(seed)])
+        assert int(batch[1]) == int(alone[0])
+    want = torch.softmax(_warpers(opts)(None, tied.clone()), -1)[0]
+    freq, _ = _frequencies(tied, opts)
+    assert (freq - want).abs().max() < 0.025
+
+
 def test_three_branch_formula_and_its_two_reductions():
     g = torch.Generator().manual_seed(0)
     c, p, u = (torch.randn(2, 9, generator=g) for _ in range(3))

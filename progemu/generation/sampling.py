@@ -59,22 +59,30 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
     """(N, V) scores (logits or log-probs; -inf = forbidden) -> (N,) chosen indices; row i uses ``generators[i]``."""
     if opts.is_greedy:
         return scores.argmax(-1)
-    scores, index = scores.float(), None
-    if 0 < opts.top_k < scores.shape[-1]:
-        # draw among the k best alone (the same distribution as top-k filtering over all V: temperature keeps the
-        # order, top-p renormalises over the survivors): multinomial costs one exponential draw per candidate,
-        # ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256
-        best, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
-        if bool(((scores >= best[:, -1:]) & (scores > float("-inf"))).sum(-1).gt(opts.top_k).any()):
-            index = None  # ties at the k-th value: transformers keeps them all, so draw over the whole vocabulary
-        else:
-            scores = best
-    scores = _warpers(opts, top_k=index is None)(None, scores)
-    probs = torch.softmax(scores, dim=-1)  # (N, V) or (N, k)
+    scores = scores.float()
     out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-    for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
-        out[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
-    return out if index is None else index.gather(1, out[:, None])[:, 0]
+    if not 0 < opts.top_k < scores.shape[-1]:
+        probs = torch.softmax(_warpers(opts)(None, scores), dim=-1)  # (N, V)
+        for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
+            out[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
+        return out
+    # Draw among the k best alone: the same distribution as top-k filtering over all V (temperature keeps the
+    # order, top-p renormalises over the survivors), while multinomial costs one exponential draw per candidate,
+    # ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256.
+    best, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
+    warp = _warpers(opts, top_k=False)
+    probs = torch.softmax(warp(None, best), dim=-1)  # (N, k)
+    # transformers' top-k keeps every token tied with the k-th (common with bf16 logits): such a row draws among
+    # its own survivors, decided per row so that no row's draw depends on its neighbours
+    tied = ((scores >= best[:, -1:]) & (scores > float("-inf"))).sum(-1).gt(opts.top_k).tolist()
+    for i, gen in enumerate(generators):
+        if tied[i]:
+            keep = (scores[i] >= best[i, -1]).nonzero().flatten()
+            p = torch.softmax(warp(None, scores[i, keep][None]), dim=-1)[0]
+            out[i] = keep[torch.multinomial(p, 1, generator=gen)[0]]
+        else:
+            out[i] = index[i, torch.multinomial(probs[i], 1, generator=gen)[0]]
+    return out
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, prior: torch.Tensor | None = None,
