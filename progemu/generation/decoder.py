@@ -191,6 +191,8 @@ class CounterfactualGenerator:
         samplers = (plan < 0).any(0).tolist()  # (T,) does anyone sample here
         chosen = plan.to(stream.device)  # (B, T)
         lo, hi = lay.image_token_offset, lay.vocab_size
+        # where the other branches' rows start; null rows kept for the text alone (image scale 1) need no code logits
+        offsets = () if reps == 2 and scale == 1.0 else tuple(k * b for k in range(1, reps))
         for t, anyone in enumerate(samplers):
             if anyone:
                 if pending:  # one forward for the whole run of appended tokens
@@ -198,7 +200,6 @@ class CounterfactualGenerator:
                     pending.clear()
                 who_cpu = (plan[:, t] < 0).nonzero().flatten()
                 who = who_cpu.to(stream.device)
-                offsets = tuple(k * b for k in range(1, reps))
                 scores = self._scores(stream, lo, hi, who, offsets, scale, opts.cfg_prior)  # (n, K): codes only
                 tok = select_tokens(scores, opts.image, [gens[i] for i in who_cpu.tolist()])
                 chosen[who, t] = tok + lo
