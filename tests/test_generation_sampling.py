@@ -2,10 +2,22 @@
 
 import pytest
 import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from progemu.generation.sampling import SamplingOptions, _warpers, cfg_combine, select_tokens
+from progemu.generation.sampling import SamplingOptions, cfg_combine, select_tokens
 
 NEG = float("-inf")
+
+
+def _transformers(opts: SamplingOptions) -> LogitsProcessorList:
+    """The reference: transformers' warpers in `generate()`'s order, top-k over the whole vocabulary."""
+    return LogitsProcessorList([TemperatureLogitsWarper(opts.temperature), TopKLogitsWarper(opts.top_k),
+                                TopPLogitsWarper(opts.top_p)])
 
 
 def _frequencies(scores: torch.Tensor, opts: SamplingOptions, draws: int = 6000) -> tuple[torch.Tensor, list[int]]:
@@ -26,7 +38,7 @@ def test_top_k_draws_follow_the_filtered_distribution(case, opts):
         scores[0, 2:] = NEG
     elif case == "ties at the k-th":
         scores = torch.tensor([[3.0, 2.0, 1.0, 1.0, 1.0, 0.0, -1.0, 1.0]])
-    want = torch.softmax(_warpers(opts)(None, scores.clone()), -1)[0]  # the filters over all ids
+    want = torch.softmax(_transformers(opts)(None, scores.clone()), -1)[0]  # the filters over all ids
     freq, first = _frequencies(scores, opts)
     assert set(freq.nonzero().flatten().tolist()) <= set(want.nonzero().flatten().tolist())
     assert (freq - want).abs().max() < 0.025
@@ -44,7 +56,7 @@ def test_a_rows_draw_does_not_depend_on_its_neighbours(opts):
         batch = select_tokens(torch.cat([tied, plain]), opts,
                               [torch.Generator().manual_seed(99), torch.Generator().manual_seed(seed)])
         assert int(batch[1]) == int(alone[0])
-    want = torch.softmax(_warpers(opts)(None, tied.clone()), -1)[0]
+    want = torch.softmax(_transformers(opts)(None, tied.clone()), -1)[0]
     freq, _ = _frequencies(tied, opts)
     assert (freq - want).abs().max() < 0.025
 

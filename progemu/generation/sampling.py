@@ -12,7 +12,6 @@ import torch
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
-    TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
@@ -43,13 +42,12 @@ def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _warpers(opts: SamplingOptions, top_k: bool = True) -> LogitsProcessorList:
-    # transformers' warpers, so the filters behave exactly as in `generate()`
+def _warpers(opts: SamplingOptions) -> LogitsProcessorList:
+    # transformers' temperature and top-p warpers, so the filters behave exactly as in `generate()`; top-k is done
+    # by `select_tokens` itself (it draws among the k best only)
     procs = LogitsProcessorList()
     if opts.temperature not in (0.0, 1.0):
         procs.append(TemperatureLogitsWarper(opts.temperature))
-    if opts.top_k > 0 and top_k:
-        procs.append(TopKLogitsWarper(opts.top_k))
     if opts.top_p < 1.0:
         procs.append(TopPLogitsWarper(opts.top_p))
     return procs
@@ -61,8 +59,9 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
         return scores.argmax(-1)
     scores = scores.float()
     out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-    if not 0 < opts.top_k < scores.shape[-1]:
-        probs = torch.softmax(_warpers(opts)(None, scores), dim=-1)  # (N, V)
+    warp = _warpers(opts)
+    if not 0 < opts.top_k < scores.shape[-1]:  # no top-k filter (or one that keeps everything)
+        probs = torch.softmax(warp(None, scores), dim=-1)  # (N, V)
         for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
             out[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
         return out
@@ -70,7 +69,6 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
     # order, top-p renormalises over the survivors), while multinomial costs one exponential draw per candidate,
     # ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256.
     best, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
-    warp = _warpers(opts, top_k=False)
     probs = torch.softmax(warp(None, best), dim=-1)  # (N, k)
     # transformers' top-k keeps every token tied with the k-th (common with bf16 logits): such a row draws among
     # its own survivors, decided per row so that no row's draw depends on its neighbours
