@@ -135,7 +135,7 @@ def test_config_presets_and_errors(tmp_path):
     from train.config import parse_config, resolve_path
 
     for name in ("tiny-pretrain", "tiny-finetune", "base-pretrain", "base-finetune", "tiny-demo", "tiny-demo-2", "tiny-demo-3",
-                 "tiny-demo-4"):
+                 "tiny-demo-4", "tiny-demo-5"):
         m, d, a = parse_config(["--output_dir", str(tmp_path / name), "--deepspeed", "none"], default_config=name)
         assert d.tasks and a.output_dir == str(tmp_path / name)
     m, d, a = parse_config(["--output_dir", str(tmp_path / "x"), "--deepspeed", "none", "--max_steps", "7",

@@ -43,21 +43,29 @@ BUILDERS = {
                              "--pairs", "12000", "--seed", "2", "--workers", "2"],
     "data/shards-128-s2": [sys.executable, "-m", "tokenizer.encode_dataset", "--data", "data/synthcxr-128-s2/icg-cxr",
                            "--out", "data/shards-128-s2"],
+    # and again for stage 5 (seed 3)
+    "data/synthcxr-128-s3": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128-s3", "--size", "128",
+                             "--pairs", "12000", "--seed", "3", "--workers", "2"],
+    "data/shards-128-s3": [sys.executable, "-m", "tokenizer.encode_dataset", "--data", "data/synthcxr-128-s3/icg-cxr",
+                           "--out", "data/shards-128-s3"],
 }
 NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["runs/vq-tiny-base", "runs/vq-perceptual"],
          "runs/vq-tiny-base": ["data/synthcxr-128"], "runs/vq-perceptual": ["data/synthcxr-128"],
          "data/shards-128-base": ["data/synthcxr-128", "runs/vq-tiny-base"],
-         "data/shards-128-s2": ["data/synthcxr-128-s2", "runs/vq-tiny"]}
+         "data/shards-128-s2": ["data/synthcxr-128-s2", "runs/vq-tiny"],
+         "data/shards-128-s3": ["data/synthcxr-128-s3", "runs/vq-tiny"]}
 # the file each builder writes last (a half-written folder does not count)
 DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "runs/vq-tiny-base": "metrics.json",
         "runs/vq-perceptual": "summary.json", "runs/text-tokenizer": "tokenizer.json",
         "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json",
-        "data/synthcxr-128-s2": "manifest.json", "data/shards-128-s2": "encode_info.json"}
+        "data/synthcxr-128-s2": "manifest.json", "data/shards-128-s2": "encode_info.json",
+        "data/synthcxr-128-s3": "manifest.json", "data/shards-128-s3": "encode_info.json"}
 # init_from folders that an earlier stage of the recipe writes: the stage's launch arguments
 INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
                "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"],
                "runs/finetune-demo-2/final": ["finetune", "--config", "tiny-demo-2"],
-               "runs/finetune-demo-3/final": ["finetune", "--config", "tiny-demo-3"]}
+               "runs/finetune-demo-3/final": ["finetune", "--config", "tiny-demo-3"],
+               "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"]}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
