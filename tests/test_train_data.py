@@ -169,6 +169,15 @@ def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch)
         (tmp_path / out / launch.DONE[out]).write_text("{}")
 
     monkeypatch.setattr(launch, "sh", fake_sh)
+    # every demo stage's inputs can be built from a fresh clone: its shards and the stage it starts from
+    import yaml
+
+    from train.config import CONFIG_DIR
+
+    for cfg in sorted(CONFIG_DIR.glob("tiny-demo*.yaml")):
+        c = yaml.safe_load(cfg.read_text())
+        assert c["shards"] in launch.BUILDERS, cfg.name
+        assert not c.get("init_from") or c["init_from"] in launch.INIT_STAGES, cfg.name
     launch.ensure("data/shards-128")
     assert ran[0] == "data/synthcxr-128" and ran[-1] == "data/shards-128" and len(ran) == len(set(ran))
     assert ran.index("runs/vq-tiny") > max(ran.index("runs/vq-tiny-base"), ran.index("runs/vq-perceptual"))

@@ -38,34 +38,30 @@ BUILDERS = {
     "data/shards-128": [sys.executable, "-m", "tokenizer.encode_dataset"],
     "data/shards-128-base": [sys.executable, "-m", "tokenizer.encode_dataset", "--model", "runs/vq-tiny-base", "--out",
                              "data/shards-128-base"],
-    # fresh patients (another seed) for the demo's stage 4, so that longer training does not memorise the first set
-    "data/synthcxr-128-s2": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128-s2", "--size", "128",
-                             "--pairs", "12000", "--seed", "2", "--workers", "2"],
-    "data/shards-128-s2": [sys.executable, "-m", "tokenizer.encode_dataset", "--data", "data/synthcxr-128-s2/icg-cxr",
-                           "--out", "data/shards-128-s2"],
-    # and again for stage 5 (seed 3)
-    "data/synthcxr-128-s3": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128-s3", "--size", "128",
-                             "--pairs", "12000", "--seed", "3", "--workers", "2"],
-    "data/shards-128-s3": [sys.executable, "-m", "tokenizer.encode_dataset", "--data", "data/synthcxr-128-s3/icg-cxr",
-                           "--out", "data/shards-128-s3"],
 }
 NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["runs/vq-tiny-base", "runs/vq-perceptual"],
          "runs/vq-tiny-base": ["data/synthcxr-128"], "runs/vq-perceptual": ["data/synthcxr-128"],
-         "data/shards-128-base": ["data/synthcxr-128", "runs/vq-tiny-base"],
-         "data/shards-128-s2": ["data/synthcxr-128-s2", "runs/vq-tiny"],
-         "data/shards-128-s3": ["data/synthcxr-128-s3", "runs/vq-tiny"]}
+         "data/shards-128-base": ["data/synthcxr-128", "runs/vq-tiny-base"]}
 # the file each builder writes last (a half-written folder does not count)
 DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "runs/vq-tiny-base": "metrics.json",
         "runs/vq-perceptual": "summary.json", "runs/text-tokenizer": "tokenizer.json",
-        "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json",
-        "data/synthcxr-128-s2": "manifest.json", "data/shards-128-s2": "encode_info.json",
-        "data/synthcxr-128-s3": "manifest.json", "data/shards-128-s3": "encode_info.json"}
+        "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json"}
+# fresh patients (another seed) for each later stage of the demo model, so that longer training does not memorise
+# one set: stage 4 trains on seed 2, stage 5 on seed 3, stage 6 on seed 4
+for _seed in (2, 3, 4):
+    _data, _shards = f"data/synthcxr-128-s{_seed}", f"data/shards-128-s{_seed}"
+    BUILDERS[_data] = [sys.executable, "-m", "progemu", "synth", "--out", _data, "--size", "128", "--pairs", "12000",
+                       "--seed", str(_seed), "--workers", "2"]
+    BUILDERS[_shards] = [sys.executable, "-m", "tokenizer.encode_dataset", "--data", f"{_data}/icg-cxr", "--out", _shards]
+    NEEDS[_shards] = [_data, "runs/vq-tiny"]
+    DONE[_data], DONE[_shards] = "manifest.json", "encode_info.json"
 # init_from folders that an earlier stage of the recipe writes: the stage's launch arguments
 INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
                "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"],
                "runs/finetune-demo-2/final": ["finetune", "--config", "tiny-demo-2"],
                "runs/finetune-demo-3/final": ["finetune", "--config", "tiny-demo-3"],
-               "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"]}
+               "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"],
+               "runs/finetune-demo-5/final": ["finetune", "--config", "tiny-demo-5"]}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
