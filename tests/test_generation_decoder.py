@@ -194,4 +194,3 @@ def test_cache_kinds_agree_with_cfg_rows_dropped_for_text(setup):
     for out in outs[1:]:
         assert torch.equal(out.codes, outs[0].codes)
         assert out.text_ids == outs[0].text_ids
-

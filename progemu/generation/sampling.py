@@ -60,26 +60,24 @@ def select_tokens(scores: torch.Tensor, opts: SamplingOptions, generators: list[
     scores = scores.float()
     out = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
     warp = _warpers(opts)
-    if not 0 < opts.top_k < scores.shape[-1]:  # no top-k filter (or one that keeps everything)
-        probs = torch.softmax(warp(None, scores), dim=-1)  # (N, V)
-        for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
-            out[i] = torch.multinomial(probs[i], 1, generator=gen)[0]
-        return out
-    # Draw among the k best alone: the same distribution as top-k filtering over all V (temperature keeps the
-    # order, top-p renormalises over the survivors), while multinomial costs one exponential draw per candidate,
-    # ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256.
-    best, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
-    probs = torch.softmax(warp(None, best), dim=-1)  # (N, k)
-    # transformers' top-k keeps every token tied with the k-th (common with bf16 logits): such a row draws among
-    # its own survivors, decided per row so that no row's draw depends on its neighbours
-    tied = ((scores >= best[:, -1:]) & (scores > float("-inf"))).sum(-1).gt(opts.top_k).tolist()
-    for i, gen in enumerate(generators):
+    best, index, tied = scores, None, [False] * scores.shape[0]  # no top-k filter (or one that keeps everything)
+    if 0 < opts.top_k < scores.shape[-1]:
+        # Draw among the k best alone: the same distribution as top-k filtering over all V (temperature keeps the
+        # order, top-p renormalises over the survivors), while multinomial costs one exponential draw per
+        # candidate, ~0.6 ms a row over Emu3's 32,768 codes on a CPU core, 16% of a CFG decoding step at top-k 256.
+        best, index = scores.topk(opts.top_k, dim=-1)  # (N, k)
+        # transformers' top-k keeps every token tied with the k-th (common with bf16 logits): such a row draws
+        # among its own survivors, decided per row so that no row's draw depends on its neighbours
+        tied = ((scores >= best[:, -1:]) & (scores > float("-inf"))).sum(-1).gt(opts.top_k).tolist()
+    probs = torch.softmax(warp(None, best), dim=-1)  # (N, k or V)
+    for i, gen in enumerate(generators):  # per row so each item consumes only its own random stream
         if tied[i]:
             keep = (scores[i] >= best[i, -1]).nonzero().flatten()
             p = torch.softmax(warp(None, scores[i, keep][None]), dim=-1)[0]
             out[i] = keep[torch.multinomial(p, 1, generator=gen)[0]]
         else:
-            out[i] = index[i, torch.multinomial(probs[i], 1, generator=gen)[0]]
+            j = torch.multinomial(probs[i], 1, generator=gen)[0]
+            out[i] = j if index is None else index[i, j]
     return out
 
 
