@@ -143,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         "(e) (b) attending over the padding": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
                                                            trim=False),
     }
-    for fn in runs.values():  # warm-up (kernels, allocator)
+    for name, fn in runs.items():  # warm-up (kernels, allocator)
+        t0 = time.perf_counter()
         fn()
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
     img_full.clear()
     img_region.clear()
     res: dict[str, list] = {name: [] for name in runs}

@@ -135,7 +135,7 @@ def test_config_presets_and_errors(tmp_path):
     from train.config import parse_config, resolve_path
 
     for name in ("tiny-pretrain", "tiny-finetune", "base-pretrain", "base-finetune", "tiny-demo", "tiny-demo-2", "tiny-demo-3",
-                 "tiny-demo-4", "tiny-demo-5"):
+                 "tiny-demo-4", "tiny-demo-5", "tiny-demo-6"):
         m, d, a = parse_config(["--output_dir", str(tmp_path / name), "--deepspeed", "none"], default_config=name)
         assert d.tasks and a.output_dir == str(tmp_path / name)
     m, d, a = parse_config(["--output_dir", str(tmp_path / "x"), "--deepspeed", "none", "--max_steps", "7",
@@ -176,13 +176,15 @@ def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch)
 
     for cfg in sorted(CONFIG_DIR.glob("tiny-demo*.yaml")):
         c = yaml.safe_load(cfg.read_text())
-        assert c["shards"] in launch.BUILDERS, cfg.name
+        assert all(part in launch.BUILDERS for part in c["shards"].split(",")), cfg.name
         assert not c.get("init_from") or c["init_from"] in launch.INIT_STAGES, cfg.name
     launch.ensure("data/shards-128")
     assert ran[0] == "data/synthcxr-128" and ran[-1] == "data/shards-128" and len(ran) == len(set(ran))
     assert ran.index("runs/vq-tiny") > max(ran.index("runs/vq-tiny-base"), ran.index("runs/vq-perceptual"))
     launch.ensure("data/shards-128")  # everything present: nothing runs again
     assert len(ran) == 5
+    launch.ensure("data/shards-128-s5, data/shards-128-s6")  # a list builds each part (the VQ is there already)
+    assert ran[5:] == ["data/synthcxr-128-s5", "data/shards-128-s5", "data/synthcxr-128-s6", "data/shards-128-s6"]
 
 
 def test_resume_resolution(tmp_path):

@@ -47,8 +47,8 @@ DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "r
         "runs/vq-perceptual": "summary.json", "runs/text-tokenizer": "tokenizer.json",
         "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json"}
 # fresh patients (another seed) for each later stage of the demo model, so that longer training does not memorise
-# one set: stage 4 trains on seed 2, stage 5 on seed 3
-for _seed in (2, 3):
+# one set: stage 4 trains on seed 2, stage 5 on seed 3, stage 6 on seeds 4-7
+for _seed in range(2, 8):
     _data, _shards = f"data/synthcxr-128-s{_seed}", f"data/shards-128-s{_seed}"
     BUILDERS[_data] = [sys.executable, "-m", "progemu", "synth", "--out", _data, "--size", "128", "--pairs", "12000",
                        "--seed", str(_seed), "--workers", "2"]
@@ -60,7 +60,8 @@ INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
                "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"],
                "runs/finetune-demo-2/final": ["finetune", "--config", "tiny-demo-2"],
                "runs/finetune-demo-3/final": ["finetune", "--config", "tiny-demo-3"],
-               "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"]}
+               "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"],
+               "runs/finetune-demo-5/final": ["finetune", "--config", "tiny-demo-5"]}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -69,7 +70,11 @@ def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
 
 
 def ensure(path: str) -> None:
-    """Build a documented default input (and what it needs) when it is missing."""
+    """Build a documented default input (and what it needs) when it is missing; ``a,b`` builds each."""
+    if "," in path:
+        for part in path.split(","):
+            ensure(part.strip())
+        return
     if path not in BUILDERS or (REPO / path / DONE[path]).exists():
         return
     for dep in NEEDS.get(path, []):
