@@ -131,24 +131,6 @@ def test_region_outside_mask_copies_prior(setup):
     assert out.forwards == 1 + int(mask.any(0).sum())
 
 
-def test_copy_penalty_moves_sampled_codes_off_the_prior_only(setup):
-    layout, _, codes, _, nulls = setup
-    mask = torch.zeros(3, layout.grid_h, layout.grid_w, dtype=torch.bool)
-    mask[:, 1:3, :3] = True
-    opts = DecodeOptions(image=GREEDY, cfg_image=2.0, max_text_tokens=0)
-    plain = run(setup, prior_codes=codes, edit_mask=mask, null_prompts=nulls, options=opts)
-    # a prior whose codes inside the mask are exactly what greedy decoding picks there: without the penalty every
-    # one is "kept"; the prompt still shows the original prior, so the model's logits are the same
-    prior = torch.where(mask, plain.codes, codes)
-    again = run(setup, prior_codes=prior, edit_mask=mask, null_prompts=nulls,
-                options=DecodeOptions(image=GREEDY, cfg_image=2.0, max_text_tokens=0, copy_penalty=0.0))
-    assert torch.equal(again.codes, prior)
-    pushed = run(setup, prior_codes=prior, edit_mask=mask, null_prompts=nulls,
-                 options=DecodeOptions(image=GREEDY, cfg_image=2.0, max_text_tokens=0, copy_penalty=1e4))
-    assert torch.equal(pushed.codes[~mask], prior[~mask])  # outside the region: the prior, penalty or not
-    assert not (pushed.codes[mask] == prior[mask]).any()  # inside: never the prior's own code
-
-
 def test_seeds_reproduce_and_ignore_batch_neighbours(setup):
     _, _, codes, prompts, nulls = setup
     opts = DecodeOptions(image=HOT, text=HOT, cfg_image=2.0, max_text_tokens=6)

@@ -66,7 +66,10 @@ def read_run_info(ckpt: Path) -> dict[str, Any]:
 
 
 def card_sections(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(data, training) tables of the model card from the run's config and last log."""
+    """(data, training) tables of the model card from the run's config and last log; empty for a folder that
+    holds no run (a model folder rather than a training checkpoint)."""
+    if not info:
+        return {}, {}
     run = info.get("run", {})
     data, model = run.get("data", {}), run.get("model", {})
     data_rows = {"code shards": f"`{data.get('shards', '?')}` (split `{data.get('train_split', 'train')}`)",
@@ -80,8 +83,11 @@ def card_sections(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
-                processor_dir: str | Path | None = None) -> Path:
-    """Write the HF folder ``out_dir`` from ``ckpt_dir`` (atomically: built beside it, then renamed)."""
+                processor_dir: str | Path | None = None, state: dict[str, torch.Tensor] | None = None,
+                card_note: dict[str, Any] | None = None, card_data: dict[str, Any] | None = None) -> Path:
+    """Write the HF folder ``out_dir`` from ``ckpt_dir`` (atomically: built beside it, then renamed); ``state``
+    replaces the checkpoint's weights (train/average.py), ``card_note`` / ``card_data`` add rows to the card's
+    training / data tables."""
     import progemu  # noqa: F401  (registers the Auto classes)
 
     ckpt, out = Path(ckpt_dir), Path(out_dir)
@@ -93,7 +99,7 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     if is_deepspeed_zero3_enabled():  # called at the end of a ZeRO-3 run: build the full model on this rank alone
         unset_hf_deepspeed_config()
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = load_weights(ckpt)
+    state = load_weights(ckpt) if state is None else state
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (k.endswith("lm_head.weight") and config_ties(model))]
@@ -116,8 +122,10 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     from progemu.model_card import write_model_card
 
     data_rows, training = card_sections(read_run_info(ckpt))
+    training.update(card_note or {})
+    data_rows.update(card_data or {})
     write_model_card(tmp, num_parameters=sum(p.numel() for p in model.parameters()), data=data_rows or None,
-                     training=training)
+                     training=training or None)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

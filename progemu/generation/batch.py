@@ -120,8 +120,6 @@ class BatchRunner:
             options.pop("cfg_null")  # no CFG: the branch is never built
         if not three:
             decode.pop("cfg_prior")  # read by three-branch guidance alone
-        if not decode.get("copy_penalty"):
-            decode.pop("copy_penalty", None)  # off: outputs of versions before the option stay finished
         sig = {"inputs": {"image": file_stamp(src.image), "prompt": src.prompt, "mask": file_stamp(src.mask),
                           "region": src.region},
                "options": options, "model": getattr(self.pipe, "source", None)}

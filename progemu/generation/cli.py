@@ -51,8 +51,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     r.add_argument("--region", choices=REGION_SOURCES, default="none",
                    help="edit-mask source for items without 'mask' / 'region'")
     r.add_argument("--tau", type=float, default=0.1, help="threshold of the automatic mask (0 = unrestricted)")
-    r.add_argument("--copy-penalty", type=float, default=0.0,
-                   help="inside the edit region, lower the prior's own code's logit by this much (0 = off)")
     r.add_argument("--dilate", type=int, default=1, help="grow edit masks by this many code cells")
     r.add_argument("--guidance", choices=(*METHODS, "none"), default="kl")
     r.add_argument("--paste-prior", action="store_true",
@@ -70,8 +68,7 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     text = SamplingOptions(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            greedy=not args.text_sampling)
     decode = DecodeOptions(image=image, text=text, cfg_image=args.cfg_image, cfg_text=args.cfg_text,
-                           max_text_tokens=args.max_text_tokens, cache=args.cache, cfg_prior=args.cfg_prior,
-                           copy_penalty=args.copy_penalty)
+                           max_text_tokens=args.max_text_tokens, cache=args.cache, cfg_prior=args.cfg_prior)
     return PipelineOptions(mode=args.mode, task=args.task, decode=decode, region=args.region, tau=args.tau,
                            dilate=args.dilate, guidance=args.guidance, num_samples=args.num_samples, seed=args.seed,
                            paste_prior=args.paste_prior, cfg_null=args.cfg_null)

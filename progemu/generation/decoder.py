@@ -47,9 +47,6 @@ class DecodeOptions:
     # over the unconditional one, cfg_image then scaling the prompt over the prior (InstructPix2Pix's image / text
     # scales)
     cfg_prior: float = 1.0
-    # region editing only (``prior_codes`` given): subtracted from the logit of the prior's own code at every
-    # sampled position, after guidance, so that a code is kept only where the model prefers it by that margin
-    copy_penalty: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,10 +188,6 @@ class CounterfactualGenerator:
         lay = self.layout
         plan = self._plan(b, prior_codes, edit_mask)  # (B, T) on CPU
         header, plan = plan[:, :start], plan[:, start:]  # a header already in the prompt is not appended again
-        kept = None  # (B, T) the prior's code index at each code position, for the copy penalty
-        if opts.copy_penalty and prior_codes is not None:
-            kept = (lay.codes_to_ids(torch.as_tensor(prior_codes).cpu())[:, start:] - lay.image_token_offset)
-            kept = kept.clamp(min=0).to(stream.device)
         samplers = (plan < 0).any(0).tolist()  # (T,) does anyone sample here
         chosen = plan.to(stream.device)  # (B, T)
         lo, hi = lay.image_token_offset, lay.vocab_size
@@ -208,8 +201,6 @@ class CounterfactualGenerator:
                 who_cpu = (plan[:, t] < 0).nonzero().flatten()
                 who = who_cpu.to(stream.device)
                 scores = self._scores(stream, lo, hi, who, offsets, scale, opts.cfg_prior)  # (n, K): codes only
-                if kept is not None:
-                    scores[torch.arange(len(who), device=scores.device), kept[who, t]] -= opts.copy_penalty
                 tok = select_tokens(scores, opts.image, [gens[i] for i in who_cpu.tolist()])
                 chosen[who, t] = tok + lo
             pending.append(chosen[:, t])
