@@ -10,8 +10,9 @@ from train.average import average, main
 
 
 def test_average_is_the_weighted_mean_and_reloads(tmp_path):
-    import progemu  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForCausalLM, AutoProcessor
+
+    import progemu  # noqa: F401  (registers the Auto classes)
 
     a, b = make_model_dir(tmp_path / "a", seed=0), make_model_dir(tmp_path / "b", seed=1)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
