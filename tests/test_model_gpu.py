@@ -86,6 +86,32 @@ def test_generate_cached_equals_uncached():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_rows_do_not_attend_across_sequences_on_cuda(dtype):
+    """Training's packed rows (position ids restarting per sequence, no attention mask) in the training forward,
+    where cuDNN attention is allowed: a sequence's logits do not depend on the sequence packed before it."""
+    lay = _layout(8, 512)
+    torch.manual_seed(0)
+    model = _model("tiny", lay, dtype=dtype).train()  # the training path (dropout is 0 in the presets)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # sharp logits: a leak across sequences shows
+    second = _sequence(lay, n_text=20)[0]
+    firsts = [_sequence(lay, n_text=n)[0] for n in (33, 33)]
+    firsts[1] = torch.randint(30, lay.text_vocab_size, firsts[1].shape, device=DEVICE)  # other tokens, same length
+    outs = []
+    for first in firsts:
+        ids = torch.cat([first, second])[None]
+        pos = torch.cat([torch.arange(len(first)), torch.arange(len(second))])[None].to(DEVICE)
+        with torch.no_grad():
+            outs.append(model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, len(first):].float())
+    with torch.no_grad():
+        alone = model(input_ids=second[None], use_cache=False).logits[0].float()
+    scale = alone.abs().max().item()
+    assert (outs[0] - outs[1]).abs().max().item() <= 1e-3 * scale  # what came before does not matter
+    tol = 1e-4 if dtype == torch.float32 else 0.05  # packed vs alone: other kernel shapes, bf16 rounding
+    assert (outs[0] - alone).abs().max().item() <= tol * scale
+
+
 def test_checkpointed_bf16_training_step():
     lay = _layout(16, 1024)
     model = _model("small", lay).train()
