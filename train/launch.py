@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = {"pretrain": ("train.pretrain", "tiny-pretrain"), "finetune": ("train.finetune", "tiny-finetune")}
 # default path -> the command that builds it (docs/architecture.md)
 BUILDERS = {
+    # 12,000 pairs: the size the demo model's recipe (tiny-demo*.yaml) was trained on (~2 min on 2 cores)
     "data/synthcxr-128": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128", "--size", "128",
-                          "--pairs", "2000", "--workers", "2"],
+                          "--pairs", "12000", "--workers", "2"],
     # the tiny VQ in two stages (tokenizer/vq_presets.py): plain, then with the perceptual loss of its own networks
     "runs/vq-tiny-base": [sys.executable, "-m", "tokenizer.train_vq", "--preset", "tiny-base", "--out",
                           "runs/vq-tiny-base"],
