@@ -95,9 +95,8 @@ def test_packed_rows_do_not_attend_across_sequences_on_cuda(dtype):
     model = _model("tiny", lay, dtype=dtype).train()  # the training path (dropout is 0 in the presets)
     with torch.no_grad():
         model.lm_head.weight.mul_(30)  # sharp logits: a leak across sequences shows
-    second = _sequence(lay, n_text=20)[0]
-    firsts = [_sequence(lay, n_text=n)[0] for n in (33, 33)]
-    firsts[1] = torch.randint(30, lay.text_vocab_size, firsts[1].shape, device=DEVICE)  # other tokens, same length
+    second, first = _sequence(lay, n_text=20)[0], _sequence(lay, n_text=33)[0]
+    firsts = [first, torch.randint(30, lay.text_vocab_size, first.shape, device=DEVICE)]  # same length, other tokens
     outs = []
     for first in firsts:
         ids = torch.cat([first, second])[None]

@@ -5,7 +5,7 @@
 Each input is what ``train.consolidate`` reads (a ZeRO checkpoint-N or a model folder). Averaging helps where the
 runs share their start, e.g. a later fine-tuning stage and the stage it began from: the demo model's stage 6 alone
 finds fewer prompted states on validate than stage 5, their average more than either. Configs and weight names
-and shapes must agree; the processor, VQ and the card's data table come from the first input.
+and shapes must agree; the processor and VQ come from the first input, the card names every input's shards.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def average(inputs: list[Path], weights: list[float]) -> dict[str, torch.Tensor]
         raise ProgEmuError(f"weights must be >= 0 with a positive sum, got {weights}")
     ref = architecture(inputs[0])
     for other in inputs[1:]:
-        diff = sorted(k for k in ref.keys() | architecture(other).keys()
-                      if ref.get(k) != architecture(other).get(k))
+        arch = architecture(other)
+        diff = sorted(k for k in ref.keys() | arch.keys() if ref.get(k) != arch.get(k))
         if diff:
             raise ProgEmuError(f"{other}: not the architecture of {inputs[0]} (config differs in {diff[:5]})")
     total = float(sum(weights))
