@@ -86,8 +86,8 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
                 processor_dir: str | Path | None = None, state: dict[str, torch.Tensor] | None = None,
                 card_note: dict[str, Any] | None = None, card_data: dict[str, Any] | None = None) -> Path:
     """Write the HF folder ``out_dir`` from ``ckpt_dir`` (atomically: built beside it, then renamed); ``state``
-    replaces the checkpoint's weights (train/average.py), ``card_note`` / ``card_data`` add rows to the card's
-    training / data tables."""
+    replaces the checkpoint's weights (train/average.py), ``card_note`` / ``card_data`` replace the card's
+    training / data tables (otherwise read from the checkpoint's run)."""
     import progemu  # noqa: F401  (registers the Auto classes)
 
     ckpt, out = Path(ckpt_dir), Path(out_dir)
@@ -122,8 +122,7 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     from progemu.model_card import write_model_card
 
     data_rows, training = card_sections(read_run_info(ckpt))
-    training.update(card_note or {})
-    data_rows.update(card_data or {})
+    data_rows, training = card_data or data_rows, card_note or training  # an average is no single run
     write_model_card(tmp, num_parameters=sum(p.numel() for p in model.parameters()), data=data_rows or None,
                      training=training or None)
     if out.exists():
