@@ -90,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.from_scratch:
         step(2, "training: SynthCXR 12,000 pairs, VQ and text tokenizers, then the tiny model (make finetune)")
-        run([py, "-m", "progemu", "synth", "--out", "data/synthcxr-128", "--pairs", "12000", "--size", "128",
-             "--workers", "2"])
-        run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-6"])  # runs stages 1 to 5 first
+        # train.launch builds what is missing (data/synthcxr-128 with 12,000 pairs included), then stages 1 to 5
+        run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-6"])
         # the embedded model is the mean of stages 5 and 6 (train/average.py): better than either alone
         model, evaluators = REPO / "runs" / "demo-average-5-6", REPO / "runs" / "evaluators"
         run([py, "-m", "train.average", "runs/finetune-demo-5/final", "runs/finetune-demo-6/final", str(model)])
