@@ -84,16 +84,17 @@ def card_sections(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
                 processor_dir: str | Path | None = None, state: dict[str, torch.Tensor] | None = None,
-                card_note: dict[str, Any] | None = None, card_data: dict[str, Any] | None = None) -> Path:
+                card_note: dict[str, Any] | None = None, card_data: dict[str, Any] | None = None,
+                config: Any = None) -> Path:
     """Write the HF folder ``out_dir`` from ``ckpt_dir`` (atomically: built beside it, then renamed); ``state``
-    replaces the checkpoint's weights (train/average.py), ``card_note`` / ``card_data`` replace the card's
-    training / data tables (otherwise read from the checkpoint's run)."""
+    replaces the checkpoint's weights (train/average.py) and ``config`` its config (train/grow.py), ``card_note`` /
+    ``card_data`` replace the card's training / data tables (otherwise read from the checkpoint's run)."""
     import progemu  # noqa: F401  (registers the Auto classes)
 
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     if not (ckpt / "config.json").is_file():
         raise ProgEmuError(f"{ckpt}: no config.json; not a training checkpoint folder")
-    config = AutoConfig.from_pretrained(ckpt)
+    config = AutoConfig.from_pretrained(ckpt) if config is None else config
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 
     if is_deepspeed_zero3_enabled():  # called at the end of a ZeRO-3 run: build the full model on this rank alone
