@@ -144,6 +144,16 @@ def test_pipeline_region_keeps_prior_codes_outside(pipe):
     assert auto.region["source"] == "auto" and not (auto.edit_mask & (cov == 0)).any()  # G = R x anatomy
     for r in (anat, auto):
         assert torch.equal(r.codes[~r.edit_mask], codes[~r.edit_mask])
+    # a prompt that changes two findings: the region is the union of both priors, each on its own side
+    two = "moderate left pleural effusion has developed. moderate cardiomegaly has appeared. no pneumothorax."
+    both = pipe([GenerationItem("w", image=prior, prompt=two)],
+                PipelineOptions(region="anatomy", dilate=0, decode=DecodeOptions(max_text_tokens=2)))[0]
+    heart = coverage_grid(anatomy_map("cardiomegaly", 32, None), lay.grid_h, lay.grid_w)
+    union = coverage_grid(np.maximum(anatomy_map("pleural_effusion", 32, "left"), anatomy_map("cardiomegaly", 32)),
+                          lay.grid_h, lay.grid_w)
+    assert both.region["findings"] == [["pleural_effusion", "left"], ["cardiomegaly", None]]
+    assert torch.equal(both.edit_mask, union > 0.5) and (both.edit_mask & (heart > 0.5) & (cov <= 0.5)).any()
+    assert torch.equal(both.codes[~both.edit_mask], codes[~both.edit_mask])
 
 
 def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):

@@ -14,6 +14,7 @@ from progemu.generation.region import (
     load_user_mask,
     nih_prior,
     parse_finding,
+    parse_findings,
     paste_prior,
     read_nih_boxes,
     to_grid,
@@ -59,6 +60,21 @@ def test_parse_finding_and_side():
     assert parse_finding("Add the finding of cardiomegaly") == ("cardiomegaly", None)
     assert parse_finding("Bilateral pleural effusions, right and left.")[1] is None
     assert parse_finding("no change") is None
+
+
+def test_parse_findings_keeps_every_changed_finding_with_its_own_side():
+    prompt = ("Moderate pleural effusion has developed in the left lower lung. Stable severe mass in the right "
+              "middle lung. The pneumothorax at the right apex has resolved. No pulmonary edema. The heart size is "
+              "normal.")
+    # stable and denied findings do not count; each side is read from the finding's own sentence
+    assert parse_findings(prompt) == [("pleural_effusion", "left"), ("pneumothorax", "right")]
+    assert parse_finding(prompt) == ("pleural_effusion", None)  # the first finding alone, sides of the whole text
+    assert parse_findings("Add the finding of mild edema. Remove the finding of cardiomegaly.") == [
+        ("edema", None), ("cardiomegaly", None)]
+    assert parse_findings("There is new moderate cardiomegaly. The cardiomegaly has increased.") == [
+        ("cardiomegaly", None)]  # once, in order of mention
+    assert parse_findings("Stable moderate cardiomegaly.") == [("cardiomegaly", None)]  # nothing changes: the first
+    assert parse_findings("No change.") == [] and parse_findings("") == []
 
 
 def test_nih_boxes_union_and_side(tmp_path):

@@ -32,6 +32,7 @@ from progemu.generation.region import (
     dilate,
     load_user_mask,
     parse_finding,
+    parse_findings,
     paste_prior,
     to_grid,
 )
@@ -189,17 +190,23 @@ class CounterfactualPipeline:
         if source == "mask":
             arr = item.mask if isinstance(item.mask, np.ndarray) else load_user_mask(item.mask)
             return dilate(to_grid(arr, lay.grid_h, lay.grid_w), opts.dilate), None, info
-        named = parse_finding(finding_text) if finding_text else parse_finding(item.prompt)
-        if finding_text and named is None:
-            raise ProgEmuError(f"item {item.id!r}: region {finding_text!r} names no known finding")
+        if finding_text:
+            one = parse_finding(finding_text)
+            if one is None:
+                raise ProgEmuError(f"item {item.id!r}: region {finding_text!r} names no known finding")
+            named = [one]
+        else:  # every finding the prompt changes: a region around the first alone would forbid the others
+            named = parse_findings(item.prompt)
         anatomy = None
-        if named is not None:
-            info.update(finding=named[0], laterality=named[1])
-            amap = anatomy_map(named[0], max(size), named[1])
-            if amap is None:
+        if named:
+            info.update(finding=named[0][0], laterality=named[0][1])
+            if len(named) > 1:
+                info["findings"] = [list(n) for n in named]
+            maps = [m for key, side in named if (m := anatomy_map(key, max(size), side)) is not None]
+            if not maps:
                 info["note"] = "no anatomical prior available"
-            else:
-                anatomy = coverage_grid(amap, lay.grid_h, lay.grid_w)  # (h, w) fraction of each cell
+            else:  # the union of the findings' priors, as the fraction of each cell
+                anatomy = coverage_grid(np.maximum.reduce(maps), lay.grid_h, lay.grid_w)
         if source == "anatomy":
             if anatomy is None:  # nothing to bound the edit by: say so, edit freely
                 info.setdefault("note", "no known finding named")

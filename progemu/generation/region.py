@@ -87,23 +87,56 @@ def dilate(mask: torch.Tensor, cells: int) -> torch.Tensor:
     return m.reshape(*lead, *mask.shape[-2:]) > 0
 
 
-def parse_finding(text: str) -> tuple[str, str | None] | None:
-    """The first SynthCXR finding named in ``text`` and its side ("left"/"right"/None), or None."""
+def _named_findings(low: str) -> list[str]:
+    """SynthCXR finding keys named in lower-case ``low``, in order of first mention."""
     from progemu.synth.vocabulary import FINDINGS
 
-    low = text.lower()
-    best: tuple[int, str] | None = None
+    hits = []
     for key, spec in FINDINGS.items():
-        for syn in (spec.name, key.replace("_", " "), *spec.synonyms):
-            m = re.search(rf"\b{re.escape(syn)}(e?s)?\b", low)  # plurals: "effusions"
-            if m and (best is None or m.start() < best[0]):
-                best = (m.start(), key)
-    if best is None:
-        return None
-    key = best[1]
+        starts = [m.start() for syn in (spec.name, key.replace("_", " "), *spec.synonyms)
+                  if (m := re.search(rf"\b{re.escape(syn)}(e?s)?\b", low))]  # plurals: "effusions"
+        if starts:
+            hits.append((min(starts), key))
+    return [key for _, key in sorted(hits)]
+
+
+def _side(key: str, low: str) -> str | None:
+    """"left"/"right" when ``low`` names exactly one side and the finding has sides; else None (both, bilateral)."""
+    from progemu.synth.vocabulary import FINDINGS
+
     sides = [s for s in ("left", "right") if re.search(rf"\b{s}\b", low)]
-    side = sides[0] if FINDINGS[key].lateral and len(sides) == 1 else None  # "bilateral"/both sides -> None
-    return key, side
+    return sides[0] if FINDINGS[key].lateral and len(sides) == 1 else None
+
+
+def parse_finding(text: str) -> tuple[str, str | None] | None:
+    """The first SynthCXR finding named in ``text`` and its side ("left"/"right"/None), or None."""
+    low = text.lower()
+    named = _named_findings(low)
+    return (named[0], _side(named[0], low)) if named else None
+
+
+# sentences that name a finding without asking it to change: kept ("Stable ...", "... is unchanged") or denied
+# ("No pneumothorax.", "There is no ...", "The heart size is normal.")
+_KEEPS = re.compile(r"\b(unchanged|stable|no (interval )?change|is normal)\b")
+_DENIES = re.compile(r"^(there (is|are) )?(no|without)\b")
+
+
+def parse_findings(text: str) -> list[tuple[str, str | None]]:
+    """Every finding ``text`` asks to change, each with the side its own sentence names, in order of mention.
+
+    A progression prompt often changes several findings ("Moderate pleural effusion has developed in the left lower
+    lung. Moderate cardiomegaly has appeared."); an edit region that covers only the first would forbid the rest.
+    Sentences that keep or deny a finding do not count; where no sentence changes one, the first named finding.
+    """
+    out: list[tuple[str, str | None]] = []
+    for sentence in re.split(r"(?<=[.;!?])\s+", text.strip()):
+        low = sentence.lower().strip()
+        if _KEEPS.search(low) or _DENIES.match(low):
+            continue
+        out += [(key, _side(key, low)) for key in _named_findings(low) if key not in {k for k, _ in out}]
+    if not out and (first := parse_finding(text)) is not None:
+        out = [first]
+    return out
 
 
 @lru_cache(maxsize=1)
