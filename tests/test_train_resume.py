@@ -1,18 +1,20 @@
-"""ZeRO-2 on one rank: an interrupted run resumed from its checkpoint repeats the uninterrupted run's losses."""
+"""ZeRO-2 on one rank: an interrupted run resumed from its checkpoint repeats the uninterrupted run's losses, and a
+run told to stop at a step of the same schedule ends as the full run stood at that step."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from _train_helpers import REPO, make_processor, make_shards, run_args, torchrun
 
 WORKER = str(REPO / "tests" / "_train_worker.py")
 
 
-def losses(run_dir):
+def losses(run_dir, key=None):
     hist = json.loads((run_dir / "log_history.json").read_text())
-    return {h["step"]: (h["loss"], h["image_loss"], h["text_loss"]) for h in hist if "loss" in h}
+    return {h["step"]: h[key] if key else (h["loss"], h["image_loss"], h["text_loss"]) for h in hist if "loss" in h}
 
 
 @pytest.mark.distributed
@@ -29,3 +31,16 @@ def test_zero2_single_rank_resume_matches_uninterrupted(tmp_path):
     for step in range(4, 7):  # the steps after the interruption
         assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-6), (step, a[step], b[step])
     assert (cut / "final" / "model.safetensors").is_file()
+    # stop_at_step 3 of the 6-step schedule: steps 1-3 as the full run, learning rate not annealed, final/ holds
+    # exactly the full run's step-3 weights
+    stop = tmp_path / "stop"
+    torchrun(1, WORKER, run_args(shards, proc, stop, *common, "--stop_at_step", "3"))
+    assert sorted(losses(stop)) == [1, 2, 3]
+    for step in (1, 2, 3):
+        assert losses(stop)[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+    assert losses(stop, "learning_rate") == {s: losses(full, "learning_rate")[s] for s in (1, 2, 3)}
+    assert losses(stop, "learning_rate")[3] > 0
+    from train.consolidate import load_weights
+
+    got, want = load_weights(stop / "final"), load_weights(full / "checkpoint-3")
+    assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], rtol=1e-6, atol=1e-7) for k in want)

@@ -27,7 +27,7 @@ TASKS = ("icg", "edit", "report2image", "image2report")
 
 @dataclass
 class ModelArgs:
-    """What to train: a preset from scratch, or weights to start from."""
+    """What to train (a preset from scratch, or weights to start from), and where to stop."""
 
     model_preset: str = field(default="tiny", metadata={"help": "ProgEmuConfig preset when starting from scratch"})
     init_from: str | None = field(
@@ -37,6 +37,9 @@ class ModelArgs:
     attn_implementation: str = field(
         default="auto", metadata={"help": "auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the machine has it), bf16, fp32"})
+    stop_at_step: int = field(default=0, metadata={
+        "help": "end the run after this step of the max_steps schedule (0: at max_steps); the learning rate stops "
+                "where that schedule has it, and final/ holds this step's model"})
 
 
 @dataclass

@@ -83,6 +83,20 @@ class ProgEmuTrainer(Trainer):
         self._last_log_time = time.perf_counter()
 
 
+class StopAtStep(TrainerCallback):
+    """Save and end the run at ``step`` of a longer schedule (``stop_at_step``): what a run cut off right after
+    that step's checkpoint leaves, made repeatable (the demo model's stages 7 and 8 ended so on a GPU slot)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
 class ThroughputClock(TrainerCallback):
     """Starts the tokens/s clock when training starts (not when the Trainer was built)."""
 

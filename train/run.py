@@ -20,7 +20,7 @@ from transformers import TrainingArguments, set_seed
 from progemu.errors import ProgEmuError
 from train.config import DataArgs, ModelArgs, parse_config
 from train.data import Collator, build_dataset, load_split, processor_builder
-from train.engine import attn_implementation, last_checkpoint, make_trainer, plot_loss_curve, write_json
+from train.engine import StopAtStep, attn_implementation, last_checkpoint, make_trainer, plot_loss_curve, write_json
 
 log = logging.getLogger("progemu.train")
 
@@ -142,6 +142,8 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     ``callbacks``: extra `transformers.TrainerCallback` objects (the tests use them to probe the model)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, args = parse_config(argv, default_config)
+    if model_args.stop_at_step and not 0 < model_args.stop_at_step < args.max_steps:
+        raise ProgEmuError(f"stop_at_step {model_args.stop_at_step} must lie between 0 and max_steps ({args.max_steps})")
     set_seed(args.seed)
     rows = load_split(data_args.shards, data_args.train_split, data_args.max_samples)
     processor = load_processor(model_args, data_args, rows)
@@ -170,6 +172,8 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     save_run_config(args, stage, model_args, data_args)
     trainer = make_trainer(model, args, train_ds, Collator(pad, data_args.max_length, data_args.packing),
                            eval_ds=eval_ds, processing_class=processor)
+    if model_args.stop_at_step:
+        trainer.add_callback(StopAtStep(model_args.stop_at_step))
     for cb in callbacks or []:
         trainer.add_callback(cb)
     resume = resolve_resume(args)
