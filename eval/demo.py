@@ -1,7 +1,7 @@
 """`make demo`: the whole pipeline offline on SynthCXR, from a fresh clone to a visual report.
 
     python -m eval.demo                  # embedded checkpoint (progemu/assets/tiny-synthcxr), a few minutes
-    python -m eval.demo --from-scratch   # builds data, tokenizers and the model (`make finetune CONFIG=tiny-demo-6`, train.average)
+    python -m eval.demo --from-scratch   # builds data, tokenizers and the model (`make finetune CONFIG=tiny-demo-7`)
 
 Steps: (1) build a SynthCXR test set of unseen patients, (2) load the embedded tiny model and evaluators, or
 train them, (3) batch-generate counterfactuals with interpretations and guidance maps, region-specific editing
@@ -90,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.from_scratch:
         step(2, "training: SynthCXR 12,000 pairs, VQ and text tokenizers, then the tiny model (make finetune)")
-        # train.launch builds what is missing (data/synthcxr-128 with 12,000 pairs included), then stages 1 to 5
-        run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-6"])
-        # the embedded model is the mean of stages 5 and 6 (train/average.py): better than either alone
-        model, evaluators = REPO / "runs" / "demo-average-5-6", REPO / "runs" / "evaluators"
-        run([py, "-m", "train.average", "runs/finetune-demo-5/final", "runs/finetune-demo-6/final", str(model)])
+        # train.launch builds what is missing (data/synthcxr-128 with 12,000 pairs included), then stages 1 to 6,
+        # their mean grown to 10 blocks (train.average, train.grow) and stage 7 from it
+        run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-7"])
+        model, evaluators = REPO / "runs" / "finetune-demo-7" / "final", REPO / "runs" / "evaluators"
         if not (evaluators / "findings.json").is_file():
             run([py, "-m", "eval.train_evaluators", "--data", "data/synthcxr-128", "--out", str(evaluators)])
     else:

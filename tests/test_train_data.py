@@ -135,7 +135,7 @@ def test_config_presets_and_errors(tmp_path):
     from train.config import parse_config, resolve_path
 
     for name in ("tiny-pretrain", "tiny-finetune", "base-pretrain", "base-finetune", "tiny-demo", "tiny-demo-2", "tiny-demo-3",
-                 "tiny-demo-4", "tiny-demo-5", "tiny-demo-6"):
+                 "tiny-demo-4", "tiny-demo-5", "tiny-demo-6", "tiny-demo-7"):
         m, d, a = parse_config(["--output_dir", str(tmp_path / name), "--deepspeed", "none"], default_config=name)
         assert d.tasks and a.output_dir == str(tmp_path / name)
     m, d, a = parse_config(["--output_dir", str(tmp_path / "x"), "--deepspeed", "none", "--max_steps", "7",
@@ -149,6 +149,11 @@ def test_config_presets_and_errors(tmp_path):
         parse_config(["--output_dir", str(tmp_path), "--deepspeed", "none"], default_config=str(bad))
     with pytest.raises(ProgEmuError, match="presets"):
         parse_config([], default_config="no-such-preset")
+    from train.run import run_stage
+
+    with pytest.raises(ProgEmuError, match="stop_at_step 7 must lie between 0 and max_steps"):  # before any data
+        run_stage("pretrain", ["--output_dir", str(tmp_path / "s"), "--deepspeed", "none", "--max_steps", "7",
+                               "--stop_at_step", "7", "--shards", str(tmp_path / "none")], "tiny-pretrain")
 
 
 def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch):
@@ -159,6 +164,8 @@ def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch)
         assert path in launch.BUILDERS and path in launch.DONE and all(d in launch.BUILDERS for d in deps)
     for init, stage in launch.INIT_STAGES.items():
         assert stage[0] in launch.STAGES and init.endswith("/final")
+    for init, (inputs, _) in launch.DERIVED.items():
+        assert all(src in launch.INIT_STAGES or src in launch.DERIVED for src in inputs), init
     monkeypatch.setattr(launch, "REPO", tmp_path)
     ran: list[str] = []
 
@@ -177,7 +184,8 @@ def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch)
     for cfg in sorted(CONFIG_DIR.glob("tiny-demo*.yaml")):
         c = yaml.safe_load(cfg.read_text())
         assert all(part in launch.BUILDERS for part in c["shards"].split(",")), cfg.name
-        assert not c.get("init_from") or c["init_from"] in launch.INIT_STAGES, cfg.name
+        init = c.get("init_from")
+        assert not init or init in launch.INIT_STAGES or init in launch.DERIVED, cfg.name
     launch.ensure("data/shards-128")
     assert ran[0] == "data/synthcxr-128" and ran[-1] == "data/shards-128" and len(ran) == len(set(ran))
     assert ran.index("runs/vq-tiny") > max(ran.index("runs/vq-tiny-base"), ran.index("runs/vq-perceptual"))
@@ -274,3 +282,30 @@ def test_several_shard_folders_are_concatenated(tmp_path):
     assert len(both) == len(load_split(a, "train")) + len(load_split(b, "train"))
     with pytest.raises(ProgEmuError, match="no code shards"):
         load_split(f"{a},{tmp_path / 'missing'}", "train")
+
+
+def test_launch_makes_a_missing_init_folder_from_its_stages_and_tools(tmp_path, monkeypatch):
+    """Stage 7 starts from a grown mean of stages 5 and 6: those stages run first, then the average, then grow."""
+    from train import launch
+
+    monkeypatch.setattr(launch, "REPO", tmp_path)
+    done: list[str] = []
+
+    def made(path):
+        (tmp_path / path).mkdir(parents=True, exist_ok=True)
+        (tmp_path / path / "config.json").write_text("{}")
+        done.append(path)
+
+    def fake_main(argv):  # a stage: its run writes the init folder that names it
+        made(next(init for init, stage in launch.INIT_STAGES.items() if stage == argv))
+
+    monkeypatch.setattr(launch, "main", fake_main)
+    monkeypatch.setattr(launch, "sh", lambda cmd, env=None: made(next(p for p, (_, c) in launch.DERIVED.items()
+                                                                       if c == cmd)))
+    made("runs/finetune-demo-5/final")  # already there: not run again
+    launch.ensure_init("runs/demo-grown-10", None)
+    assert done == ["runs/finetune-demo-5/final", "runs/finetune-demo-6/final", "runs/demo-average-5-6",
+                    "runs/demo-grown-10"]
+    launch.ensure_init("runs/demo-grown-10", None)  # present: nothing runs
+    launch.ensure_init(None, None)
+    assert len(done) == 4

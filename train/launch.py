@@ -48,7 +48,7 @@ DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "r
         "runs/vq-perceptual": "summary.json", "runs/text-tokenizer": "tokenizer.json",
         "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json"}
 # fresh patients (another seed) for each later stage of the demo model, so that longer training does not memorise
-# one set: stage 4 trains on seed 2, stage 5 on seed 3, stage 6 on seeds 4-7
+# one set: stage 4 trains on seed 2, stage 5 on seed 3, stages 6 and 7 on seeds 4-7
 for _seed in range(2, 8):
     _data, _shards = f"data/synthcxr-128-s{_seed}", f"data/shards-128-s{_seed}"
     BUILDERS[_data] = [sys.executable, "-m", "progemu", "synth", "--out", _data, "--size", "128", "--pairs", "12000",
@@ -62,7 +62,16 @@ INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
                "runs/finetune-demo-2/final": ["finetune", "--config", "tiny-demo-2"],
                "runs/finetune-demo-3/final": ["finetune", "--config", "tiny-demo-3"],
                "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"],
-               "runs/finetune-demo-5/final": ["finetune", "--config", "tiny-demo-5"]}
+               "runs/finetune-demo-5/final": ["finetune", "--config", "tiny-demo-5"],
+               "runs/finetune-demo-6/final": ["finetune", "--config", "tiny-demo-6"],
+               "runs/finetune-demo-7/final": ["finetune", "--config", "tiny-demo-7"]}
+# init_from folders that a tool makes from earlier stages' models: (the folders it reads, the command)
+DERIVED = {"runs/demo-average-5-6": (["runs/finetune-demo-5/final", "runs/finetune-demo-6/final"],
+                                     [sys.executable, "-m", "train.average", "runs/finetune-demo-5/final",
+                                      "runs/finetune-demo-6/final", "runs/demo-average-5-6"]),
+           "runs/demo-grown-10": (["runs/demo-average-5-6"], [sys.executable, "-m", "train.grow",
+                                                              "runs/demo-average-5-6", "runs/demo-grown-10",
+                                                              "--layers", "10"])}
 
 
 def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
@@ -81,6 +90,20 @@ def ensure(path: str) -> None:
     for dep in NEEDS.get(path, []):
         ensure(dep)
     sh(BUILDERS[path])
+
+
+def ensure_init(init: str | None, ngpus: int | None) -> None:
+    """Make a missing ``init_from`` folder of the demo recipe: run its stage, or its tool after its inputs."""
+    if not init or (REPO / init / "config.json").exists():
+        return
+    if init in INIT_STAGES:
+        print(f"{init} is missing: running its stage first ({' '.join(INIT_STAGES[init])})", flush=True)
+        main([*INIT_STAGES[init], *(["--ngpus", str(ngpus)] if ngpus else [])])
+    elif init in DERIVED:
+        inputs, cmd = DERIVED[init]
+        for src in inputs:
+            ensure_init(src, ngpus)
+        sh(cmd)
 
 
 def gpu_count() -> int:
@@ -134,10 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("shards", "text_tokenizer", "vq"):
         if "processor" not in values or key == "shards":
             ensure(str(values.get(key, "")))
-    init = values.get("init_from")
-    if init in INIT_STAGES and not (REPO / init / "config.json").exists():
-        print(f"{init} is missing: running its stage first ({' '.join(INIT_STAGES[init])})", flush=True)
-        main([*INIT_STAGES[init], *(["--ngpus", str(a.ngpus)] if a.ngpus else [])])
+    ensure_init(values.get("init_from"), a.ngpus)
     run_args = ["--config", config, *(["--resume_from_checkpoint", "auto"] if a.resume else []), *rest]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
