@@ -154,6 +154,11 @@ def test_pipeline_region_keeps_prior_codes_outside(pipe):
     assert both.region["findings"] == [["pleural_effusion", "left"], ["cardiomegaly", None]]
     assert torch.equal(both.edit_mask, union > 0.5) and (both.edit_mask & (heart > 0.5) & (cov <= 0.5)).any()
     assert torch.equal(both.codes[~both.edit_mask], codes[~both.edit_mask])
+    # a prompt that changes nothing edits nothing: the prior's codes and, pasted, its pixels
+    same = pipe([GenerationItem("v", image=prior, prompt="No significant change. Stable moderate cardiomegaly.")],
+                PipelineOptions(region="auto", tau=0.2, paste_prior=True, decode=DecodeOptions(max_text_tokens=2)))[0]
+    assert not same.edit_mask.any() and torch.equal(same.codes, codes) and np.array_equal(same.image, prior)
+    assert "nothing edited" in same.region["note"]
 
 
 def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):

@@ -10,6 +10,7 @@ from PIL import Image
 from progemu.errors import IngestError
 from progemu.generation.guidance import auto_edit_mask, overlay, relevance_grid, upsample
 from progemu.generation.region import (
+    asks_no_change,
     dilate,
     load_user_mask,
     nih_prior,
@@ -75,6 +76,16 @@ def test_parse_findings_keeps_every_changed_finding_with_its_own_side():
         ("cardiomegaly", None)]  # once, in order of mention
     assert parse_findings("Stable moderate cardiomegaly.") == [("cardiomegaly", None)]  # nothing changes: the first
     assert parse_findings("No change.") == [] and parse_findings("") == []
+
+
+def test_asks_no_change_only_when_nothing_changes():
+    for text in ("No significant change compared with the prior study. Severe cardiomegaly is unchanged.",
+                 "The appearance is unchanged from the prior study.", "No significant interval change. No pneumothorax.",
+                 "Stable moderate cardiomegaly. The heart size is normal."):
+        assert asks_no_change(text), text
+    for text in ("No significant change. Moderate cardiomegaly has appeared.", "Add the finding of edema.",
+                 "No pneumothorax.", "Increased opacity.", ""):
+        assert not asks_no_change(text), text
 
 
 def test_nih_boxes_union_and_side(tmp_path):

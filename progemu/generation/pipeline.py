@@ -28,6 +28,7 @@ from progemu.generation.guidance import METHODS, auto_edit_mask, relevance_grid,
 from progemu.generation.region import (
     REGION_SOURCES,
     anatomy_map,
+    asks_no_change,
     coverage_grid,
     dilate,
     load_user_mask,
@@ -190,6 +191,9 @@ class CounterfactualPipeline:
         if source == "mask":
             arr = item.mask if isinstance(item.mask, np.ndarray) else load_user_mask(item.mask)
             return dilate(to_grid(arr, lay.grid_h, lay.grid_w), opts.dilate), None, info
+        if not finding_text and asks_no_change(item.prompt):  # "No significant change ...": edit no cell
+            info["note"] = "the prompt changes no finding: nothing edited"
+            return torch.zeros(lay.grid_h, lay.grid_w, dtype=torch.bool), None, info
         if finding_text:
             one = parse_finding(finding_text)
             if one is None:

@@ -117,8 +117,24 @@ def parse_finding(text: str) -> tuple[str, str | None] | None:
 
 # sentences that name a finding without asking it to change: kept ("Stable ...", "... is unchanged") or denied
 # ("No pneumothorax.", "There is no ...", "The heart size is normal.")
-_KEEPS = re.compile(r"\b(unchanged|stable|no (interval )?change|is normal)\b")
+_KEEPS = re.compile(r"\b(unchanged|stable|no (significant |interval )*change|is normal)\b")
 _DENIES = re.compile(r"^(there (is|are) )?(no|without)\b")
+
+
+def _changing_sentences(text: str) -> list[str]:
+    """Lower-case sentences of ``text`` that name a finding and neither keep nor deny it."""
+    out = []
+    for sentence in re.split(r"(?<=[.;!?])\s+", text.strip()):
+        low = sentence.lower().strip()
+        if not (_KEEPS.search(low) or _DENIES.match(low)) and _named_findings(low):
+            out.append(low)
+    return out
+
+
+def asks_no_change(text: str) -> bool:
+    """True when ``text`` says things stay as they are ("No significant change ...", "Stable moderate cardiomegaly.")
+    and no sentence changes a known finding: then nothing should be edited."""
+    return not _changing_sentences(text) and any(_KEEPS.search(s.lower()) for s in re.split(r"(?<=[.;!?])\s+", text))
 
 
 def parse_findings(text: str) -> list[tuple[str, str | None]]:
@@ -129,10 +145,7 @@ def parse_findings(text: str) -> list[tuple[str, str | None]]:
     Sentences that keep or deny a finding do not count; where no sentence changes one, the first named finding.
     """
     out: list[tuple[str, str | None]] = []
-    for sentence in re.split(r"(?<=[.;!?])\s+", text.strip()):
-        low = sentence.lower().strip()
-        if _KEEPS.search(low) or _DENIES.match(low):
-            continue
+    for low in _changing_sentences(text):
         out += [(key, _side(key, low)) for key in _named_findings(low) if key not in {k for k, _ in out}]
     if not out and (first := parse_finding(text)) is not None:
         out = [first]
