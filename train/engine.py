@@ -85,7 +85,7 @@ class ProgEmuTrainer(Trainer):
 
 class StopAtStep(TrainerCallback):
     """Save and end the run at ``step`` of a longer schedule (``stop_at_step``): what a run cut off right after
-    that step's checkpoint leaves, made repeatable (the demo model's stages 7 and 8 ended so on a GPU slot)."""
+    that step's checkpoint leaves, made repeatable (the demo model's stage 7 ended so on a GPU slot)."""
 
     def __init__(self, step: int):
         self.step = step

@@ -65,13 +65,13 @@ def grow(src: str | Path, out: str | Path, layers: int, dtype: str = "fp32") -> 
     state = load_weights(src)
     if not any(k.startswith(LAYER_PREFIX) for k in state):
         raise ProgEmuError(f"{src}: no '{LAYER_PREFIX}*' weights; not a ProgEmu / Llama decoder")
+    plan = layer_plan(old, layers)
     grown = copy.deepcopy(config)
     grown.text_config.num_hidden_layers = layers
     if getattr(grown.text_config, "layer_types", None):  # per-block attention kinds, one per block
-        grown.text_config.layer_types = [text.layer_types[i] for i, _ in layer_plan(old, layers)]
-    plan = ", ".join(f"{j}<-{i}{'*' if fresh else ''}" for j, (i, fresh) in enumerate(layer_plan(old, layers)))
+        grown.text_config.layer_types = [text.layer_types[i] for i, _ in plan]
     note = {"grown from": f"{src} ({old} blocks -> {layers}; new blocks `*` copy the one before with zero outputs)",
-            "blocks": plan}
+            "blocks": ", ".join(f"{j}<-{i}{'*' if fresh else ''}" for j, (i, fresh) in enumerate(plan))}
     return consolidate(src, out, dtype, state=grow_state({k: v.float() for k, v in state.items()}, old, layers),
                        card_note=note, config=grown,
                        card_data={"training data": f"that of {src} (its model card); the new blocks are untrained"})

@@ -12,10 +12,18 @@ from progemu.generation.pipeline import (
                                          PipelineOptions,
                                          item_seed,
 )
-from progemu.generation.region import REGION_SOURCES, dilate, load_user_mask, parse_finding, parse_findings, to_grid
+from progemu.generation.region import (
+                                         REGION_SOURCES,
+                                         asks_no_change,
+                                         dilate,
+                                         load_user_mask,
+                                         parse_finding,
+                                         parse_findings,
+                                         to_grid,
+)
 from progemu.generation.sampling import SamplingOptions, select_tokens
 
 __all__ = ["REGION_SOURCES", "CounterfactualGenerator", "CounterfactualPipeline", "DecodeOptions", "DecodeOutput",
            "GenerationItem", "GenerationResult", "PipelineOptions", "SamplingOptions", "auto_edit_mask", "dilate",
-           "item_seed", "load_user_mask", "overlay", "parse_finding", "parse_findings", "relevance_grid", "select_tokens", "to_grid",
-           "upsample"]
+           "asks_no_change", "item_seed", "load_user_mask", "overlay", "parse_finding", "parse_findings",
+           "relevance_grid", "select_tokens", "to_grid", "upsample"]

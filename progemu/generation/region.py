@@ -3,8 +3,9 @@
 True = the code is sampled, False = the prior's code is copied. Sources:
 
 - ``mask``: a user PNG of any size (nonzero = editable), resized to the grid;
-- ``anatomy``: the anatomical prior of the finding named in the prompt (SynthCXR's anatomy, joined with the
-  NIH ChestX-ray14 boxes shipped in the torchxrayvision wheel when that package is importable);
+- ``anatomy``: the union of the anatomical priors of the findings the prompt changes (``parse_findings``; SynthCXR's
+  anatomy, joined with the NIH ChestX-ray14 boxes shipped in the torchxrayvision wheel when that package is
+  importable); a prompt that changes no finding (``asks_no_change``) edits nothing;
 - ``auto``: guidance map x anatomical prior >= tau (see ``guidance.auto_edit_mask``);
 - ``none``: the whole grid.
 
@@ -121,20 +122,20 @@ _KEEPS = re.compile(r"\b(unchanged|stable|no (significant |interval )*change|is 
 _DENIES = re.compile(r"^(there (is|are) )?(no|without)\b")
 
 
+def _sentences(text: str) -> list[str]:
+    return [s.lower().strip() for s in re.split(r"(?<=[.;!?])\s+", text.strip())]
+
+
 def _changing_sentences(text: str) -> list[str]:
     """Lower-case sentences of ``text`` that name a finding and neither keep nor deny it."""
-    out = []
-    for sentence in re.split(r"(?<=[.;!?])\s+", text.strip()):
-        low = sentence.lower().strip()
-        if not (_KEEPS.search(low) or _DENIES.match(low)) and _named_findings(low):
-            out.append(low)
-    return out
+    return [low for low in _sentences(text)
+            if not (_KEEPS.search(low) or _DENIES.match(low)) and _named_findings(low)]
 
 
 def asks_no_change(text: str) -> bool:
     """True when ``text`` says things stay as they are ("No significant change ...", "Stable moderate cardiomegaly.")
     and no sentence changes a known finding: then nothing should be edited."""
-    return not _changing_sentences(text) and any(_KEEPS.search(s.lower()) for s in re.split(r"(?<=[.;!?])\s+", text))
+    return not _changing_sentences(text) and any(_KEEPS.search(low) for low in _sentences(text))
 
 
 def parse_findings(text: str) -> list[tuple[str, str | None]]:
