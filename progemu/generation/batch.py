@@ -23,9 +23,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from progemu.errors import ProgEmuError, RecordError
+from progemu.generation.distributed import Group, Ranks
 from progemu.generation.guidance import overlay
 from progemu.generation.pipeline import CounterfactualPipeline, GenerationItem, GenerationResult, PipelineOptions
 from progemu.generation.region import load_user_mask
+from progemu.generation.results import ResultLog, merge_results
 from progemu.io import file_stamp, write_atomic, write_text_atomic
 
 # options added after records were first written, with the value that reproduces the older behaviour
@@ -106,7 +108,6 @@ class BatchRunner:
         self.pipe, self.out, self.opts = pipeline, Path(out_dir), options
         self.batch_size, self.overwrite, self.progress = max(1, batch_size), overwrite, progress
         self.results: dict[str, dict] = {}
-        self.order: list[str] = []
 
     # ---- bookkeeping --------------------------------------------------------------------------------------
     def _signature(self, src: GenerationItem) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class BatchRunner:
     def _finished(self, item: GenerationItem) -> dict | None:
         """The recorded result when the item was done before with the same inputs, options and weights."""
         rec = self.out / item.id / "record.json"
-        if self.overwrite or not rec.is_file():
+        if not rec.is_file():
             return None
         try:
             data = json.loads(rec.read_text(encoding="utf-8"))
@@ -140,11 +141,6 @@ class BatchRunner:
         if any(data.get(key) != value for key, value in sig.items()):
             return None  # made with other settings or weights: redo it rather than mix two runs
         return data.get("result") if data.get("status") == "ok" else None
-
-    def _flush(self) -> None:
-        order = [i for i in self.order if i in self.results] + [i for i in self.results if i not in self.order]
-        lines = "".join(json.dumps(self.results[i], sort_keys=True) + "\n" for i in order)  # manifest order
-        write_text_atomic(self.out / "results.jsonl", lines)
 
     def _error(self, item_id: str, err: BaseException) -> None:
         self.results[item_id] = {"id": item_id, "status": "error", "error": f"{type(err).__name__}: {err}"}
@@ -202,38 +198,52 @@ class BatchRunner:
             except (OSError, ProgEmuError, ValueError) as err:
                 self._error(item.id, err)
 
-    def run(self, manifest: str | Path) -> dict[str, int]:
-        """Process the manifest; returns counts ``{"ok", "error", "skipped"}``."""
+    def run(self, manifest: str | Path, group: Group | None = None) -> dict[str, Any]:
+        """Process the manifest (this rank's share of it under a launcher, see `distributed`); returns counts
+        ``{"ok", "error", "skipped"}`` over the whole manifest and, with several ranks, each rank's share."""
+        group = group or Group(Ranks())
+        rank, world = group.ranks.rank, group.ranks.world
+        sources = group.gather(getattr(self.pipe, "source", None))
+        if len(set(sources)) > 1:  # records name the weights they were made with: all ranks must agree
+            raise ProgEmuError(f"the ranks loaded different weights ({sorted(set(map(str, sources)))}): put the "
+                               "model folder where every node reads the same files (a shared filesystem)")
         self.out.mkdir(parents=True, exist_ok=True)
         entries = read_manifest(manifest, self.opts.mode)
-        self.order = [e["id"] if isinstance(e, dict) else e.id for e in entries]
-        counts = {"ok": 0, "error": 0, "skipped": 0}
-        todo: list[GenerationItem] = []
-        for e in entries:
-            if isinstance(e, dict):
-                self.results[e["id"]] = e
-            elif (done := self._finished(e)) is not None:
-                self.results[e.id] = done
-                counts["skipped"] += 1
-            else:
-                todo.append(e)
-        bar = tqdm(total=len(todo), unit="item", disable=not self.progress, desc="generate")
-        batch: list[tuple[GenerationItem, GenerationItem]] = []
-        for i, item in enumerate(todo):
-            try:
-                batch.append((self._prepare(item), item))
-            except (ProgEmuError, OSError, ValueError) as err:
-                self._error(item.id, err)
-                bar.update(1)
-            if batch and (len(batch) == self.batch_size or i == len(todo) - 1):
+        items = {e.id: e for e in entries if isinstance(e, GenerationItem)}
+        todo_ids = group.broadcast([i for i, e in items.items() if self.overwrite or self._finished(e) is None]
+                                   if rank == 0 else None)
+        todo = [items[i] for i in todo_ids]
+        log = ResultLog(self.out, rank)
+        n_batches = -(-len(todo) // self.batch_size)
+        bar = tqdm(total=len(todo), unit="item", disable=not self.progress or rank != 0,
+                   desc="generate" if world == 1 else f"generate (rank 0 of {world})")
+        t0, mine, busy = time.perf_counter(), 0, 0.0
+        while (k := group.claim()) < n_batches:  # the next batch nobody has claimed
+            t1 = time.perf_counter()
+            share = todo[k * self.batch_size: (k + 1) * self.batch_size]
+            batch: list[tuple[GenerationItem, GenerationItem]] = []
+            for item in share:
+                try:
+                    batch.append((self._prepare(item), item))
+                except (ProgEmuError, OSError, ValueError) as err:
+                    self._error(item.id, err)
+            if batch:
                 self._run_batch(batch)
-                bar.update(len(batch))
-                batch = []
-                self._flush()
+            log.append([self.results[item.id] for item in share])
+            mine, busy = mine + len(share), busy + time.perf_counter() - t1
+            bar.update(len(share))
         bar.close()
-        self._flush()
-        for r in self.results.values():
-            if r.get("status") == "error":
-                counts["error"] += 1
-        counts["ok"] = len(self.results) - counts["error"] - counts["skipped"]
-        return counts
+        share = {"rank": rank, "items": mine, "busy_s": round(busy, 3), "done_s": round(time.perf_counter() - t0, 3)}
+        group.barrier()  # every rank's lines are written
+        shares = group.gather(share)
+        counts = None
+        if rank == 0:
+            statuses = merge_results(self.out, entries, self._finished)
+            skipped = len(items) - len(todo)
+            errors = sum(s != "ok" for s in statuses.values())
+            counts = {"ok": len(statuses) - errors - skipped, "error": errors, "skipped": skipped}
+            if world > 1:
+                done = [s["done_s"] for s in shares]
+                # how much longer the last rank ran than the first: what the claiming of batches leaves unbalanced
+                counts.update(ranks=shares, imbalance=round((max(done) - min(done)) / max(max(done), 1e-9), 3))
+        return group.broadcast(counts)

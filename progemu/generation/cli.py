@@ -2,6 +2,7 @@
 
     progemu generate --model runs/finetune-tiny/final --input manifest.jsonl --out outputs/cf \\
         --batch-size 8 --cfg-image 3.0 --top-k 2048 --region auto --tau 0.1 --num-samples 2
+    torchrun --standalone --nproc_per_node=8 -m progemu generate ...   # one rank per GPU, items shared out
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     r.add_argument("--guidance", choices=(*METHODS, "none"), default="kl")
     r.add_argument("--paste-prior", action="store_true",
                    help="keep the prior's pixels outside the edit region (the VQ decoder alters copied codes' pixels)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK where there are GPUs, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--overwrite", action="store_true", help="redo items that are already finished")
     p.add_argument("--no-progress", action="store_true")
@@ -77,17 +78,26 @@ def options_from_args(args: argparse.Namespace) -> PipelineOptions:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from progemu.errors import ProgEmuError
     from progemu.generation.batch import BatchRunner
+    from progemu.generation.distributed import Group, Ranks
     from progemu.generation.pipeline import CounterfactualPipeline
 
     try:
         opts = options_from_args(args)
-    except ValueError as err:  # options that contradict each other: say which, no traceback
+        ranks = Ranks.from_env()  # torchrun / srun + torchrun: this process's share of the manifest
+        device = ranks.device(args.device)
+    except (ValueError, ProgEmuError) as err:  # options that contradict each other: say which, no traceback
         print(f"progemu generate: error: {err}", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe = CounterfactualPipeline.from_pretrained(args.model, device=args.device, dtype=dtype)
-    counts = BatchRunner(pipe, args.out, opts, batch_size=args.batch_size, overwrite=args.overwrite,
-                         progress=not args.no_progress).run(args.input)
-    print(json.dumps({"out": args.out, **counts}), file=sys.stderr)
+    pipe = CounterfactualPipeline.from_pretrained(args.model, device=device, dtype=dtype)
+    group = Group(ranks)
+    try:
+        counts = BatchRunner(pipe, args.out, opts, batch_size=args.batch_size, overwrite=args.overwrite,
+                             progress=not args.no_progress).run(args.input, group)
+    finally:
+        group.close()
+    if ranks.rank == 0:
+        print(json.dumps({"out": args.out, **counts}), file=sys.stderr)
     return 1 if counts["error"] else 0

@@ -47,7 +47,7 @@ def _code_logits(model: torch.nn.Module, layout: VocabLayout, rows: list[list[in
 
 def relevance_grid(model: torch.nn.Module, layout: VocabLayout, prompts: list[list[int]],
                    prior_codes: torch.Tensor, reference_prompts: list[list[int]] | None = None,
-                   method: str = "kl", micro_batch: int = 4) -> torch.Tensor:
+                   method: str = "kl") -> torch.Tensor:
     """(B, h, w) relevance in [0, 1] of each code position for each item's prompt.
 
     ``prompts`` end right before the generated image; the prior's block is appended teacher-forced.
@@ -61,8 +61,10 @@ def relevance_grid(model: torch.nn.Module, layout: VocabLayout, prompts: list[li
     b, h, w = prior_codes.shape
     blocks = layout.codes_to_ids(prior_codes.cpu()).tolist()  # (B, image_length)
     out = []
-    for s in range(0, b, micro_batch):  # micro-batches bound the (rows, positions, codebook) logits tensor
-        idx = range(s, min(b, s + micro_batch))
+    # one item at a time: its rows are then padded the same way whatever batch it came in, so its map is the same
+    # to the bit alone, in any batch or on any rank (and the (rows, positions, codebook) logits stay small)
+    for s in range(b):
+        idx = range(s, s + 1)
         rows = [prompts[i] + blocks[i] for i in idx]
         if method == "kl":
             rows += [reference_prompts[i] + blocks[i] for i in idx]

@@ -236,7 +236,8 @@ class CounterfactualPipeline:
         for it in items:
             if opts.mode != "image2report" and not (it.prompt or "").strip():
                 raise ProgEmuError(f"item {it.id!r}: empty prompt")
-        codes = proc.encode_images(priors) if needs_prior else None  # (B, h, w)
+        # one image at a time through the VQ: an item's codes and pixels then never depend on its batch neighbours
+        codes = torch.cat([proc.encode_images([p]) for p in priors]) if needs_prior else None  # (B, h, w)
         t_load = time.perf_counter() - t0
         task = {"counterfactual": opts.task, "report2image": "report2image", "image2report": "image2report"}[opts.mode]
         prompts = [proc.build_generation_prompt(task, prior_codes=None if codes is None else codes[i],
@@ -278,7 +279,8 @@ class CounterfactualPipeline:
                                       prior_null_prompts=by_row(prior_nulls), prior_codes=prior,
                                       edit_mask=edit_mask, seeds=seeds, generate_image=opts.mode != "image2report",
                                       options=opts.decode)
-        images = proc.decode_codes(out.codes) if out.codes is not None else None  # (B*k, H, W)
+        images = (np.concatenate([proc.decode_codes(c[None]) for c in out.codes])
+                  if out.codes is not None else None)  # (B*k, H, W)
         seconds = {"load": t_load, "guidance": t_guid, **{f"decode_{a}": b for a, b in out.seconds.items()}}
         results = []
         if images is not None and edit_mask is not None and opts.paste_prior:
