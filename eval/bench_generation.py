@@ -9,7 +9,10 @@
 (b) ``CounterfactualGenerator``: structural tokens appended, CFG rows in the same forward;
 (c) (b) with a region edit covering a quarter of the grid (forced codes fed in chunks);
 (d) (b) with transformers' ``StaticCache`` instead of the generator's ``FilledCache`` (the cache alone);
-(e) (b) attending over the unconditional rows' left padding (``trim_padding=False``: the trimming alone).
+(e) (b) attending over the unconditional rows' left padding (``trim_padding=False``: the trimming alone);
+(f) (b) with ``--cache graph``: a static cache and each one-token step replayed from a CUDA graph (on a GPU; on a
+    CPU the same static step runs eagerly).
+``--paths abf`` runs a subset. Also printed: milliseconds per decoding step (forward) of (b) and (f).
 Random weights: speed does not depend on training. Prints medians over ``--repeats`` and the ratios.
 """
 
@@ -81,7 +84,7 @@ def reference(model, layout, prompts, nulls, args) -> int:
 
 
 def ours(gen, layout, prompts, nulls, codes, args, region: bool, phases: list | None = None,
-         cache: str | None = None, trim: bool = True) -> int:
+         cache: str | None = None, trim: bool = True, steps: list | None = None) -> int:
     mask = None
     if region:  # top-left quadrant: a quarter of the grid
         mask = torch.zeros(len(prompts), layout.grid_h, layout.grid_w, dtype=torch.bool)
@@ -93,6 +96,8 @@ def ours(gen, layout, prompts, nulls, codes, args, region: bool, phases: list | 
                        seeds=list(range(len(prompts))), options=opts)
     if phases is not None:
         phases.append(out.seconds["image"])
+    if steps is not None:  # (seconds, forwards) of the decoding loop, the prompt pass left out
+        steps.append((out.seconds["total"] - out.seconds["prefill"], out.forwards - 1))
     return len(prompts) * layout.image_length + sum(len(t) + 1 for t in out.text_ids)
 
 
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg", type=float, default=3.0)
     p.add_argument("--top-k", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cache", default="filled", choices=["filled", "static", "dynamic"])
+    p.add_argument("--cache", default="filled", choices=["filled", "static", "graph", "dynamic"])
+    p.add_argument("--paths", default="abcdef", help="which paths to run (letters of the list above)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -131,10 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     gen = CounterfactualGenerator(model, layout)
     img_full: list[float] = []
     img_region: list[float] = []
+    step_full: list[tuple[float, int]] = []
+    step_graph: list[tuple[float, int]] = []
     runs = {
         "(a) generate()+prefix fn+unbatched CFG": lambda: reference(model, layout, prompts, nulls, args),
         "(b) CounterfactualGenerator, full grid": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
-                                                               img_full),
+                                                               img_full, steps=step_full),
         "(c) (b) with a quarter-grid region": lambda: ours(gen, layout, prompts, nulls, codes, args, True,
                                                            img_region),
         # the KV cache alone: transformers' StaticCache attends over all its slots, ours over the filled part
@@ -142,13 +150,16 @@ def main(argv: list[str] | None = None) -> None:
                                                                cache="static"),
         "(e) (b) attending over the padding": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
                                                            trim=False),
+        "(f) (b) with CUDA-graph steps": lambda: ours(gen, layout, prompts, nulls, codes, args, False,
+                                                      cache="graph", steps=step_graph),
     }
+    runs = {name: fn for name, fn in runs.items() if name[1] in args.paths}
     for name, fn in runs.items():  # warm-up (kernels, allocator)
         t0 = time.perf_counter()
         fn()
         print(f"  warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
-    img_full.clear()
-    img_region.clear()
+    for kept in (img_full, img_region, step_full, step_graph):
+        kept.clear()
     res: dict[str, list] = {name: [] for name in runs}
     for rep in range(args.repeats):  # interleaved, so a busy machine slows every path alike
         for name, fn in runs.items():
@@ -166,9 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     base = rows[next(iter(rows))][0]
     for name, (sec, tps, spc, peak) in rows.items():
         print(f"{name:42s} {sec:9.2f} {tps:9.0f} {spc:8.3f} {peak:9.0f} {base / sec:8.2f}x")
-    full, region = rows["(b) CounterfactualGenerator, full grid"][0], rows["(c) (b) with a quarter-grid region"][0]
-    print(f"region (quarter grid) vs full grid: {full / region:.2f}x faster in all, "
-          f"{statistics.median(img_full) / statistics.median(img_region):.2f}x in the image phase")
+    for name, kept in (("(b)", step_full), ("(f)", step_graph)):
+        if kept:
+            print(f"{name}: {1e3 * statistics.median(sec / max(n, 1) for sec, n in kept):.2f} ms per decoding step "
+                  f"({kept[0][1]} steps a batch, median)")
+    if img_full and img_region:
+        full, region = rows["(b) CounterfactualGenerator, full grid"][0], rows["(c) (b) with a quarter-grid region"][0]
+        print(f"region (quarter grid) vs full grid: {full / region:.2f}x faster in all, "
+              f"{statistics.median(img_full) / statistics.median(img_region):.2f}x in the image phase")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def run(setup, **kw):
 
 def test_cached_and_uncached_greedy_agree(setup):
     outs = [run(setup, options=DecodeOptions(image=GREEDY, text=GREEDY, max_text_tokens=8, use_cache=c, cache=k))
-            for c, k in [(True, "dynamic"), (False, "dynamic"), (True, "static"), (True, "filled")]]
+            for c, k in [(True, "dynamic"), (False, "dynamic"), (True, "static"), (True, "filled"), (True, "graph")]]
     for out in outs[1:]:
         assert torch.equal(out.codes, outs[0].codes)
         assert out.text_ids == outs[0].text_ids
@@ -84,7 +84,7 @@ def test_three_branch_guidance_reduces_to_either_null_and_matches_its_formula(se
 
     uncond = guided(nulls, None, cfg_image=3.0)
     assert uncond.text_ids != guided(None, None, cfg_image=3.0).text_ids  # the text's CFG shows in this setup
-    for cache in ("filled", "static", "dynamic"):  # a static cache keeps all three row blocks for the text
+    for cache in ("filled", "static", "graph", "dynamic"):  # a static cache keeps all three row blocks for the text
         three = guided(nulls, priors, cfg_image=3.0, cfg_prior=3.0, cache=cache)
         assert torch.equal(three.codes, uncond.codes) and three.text_ids == uncond.text_ids  # text: against u
         assert three.forwards == uncond.forwards
@@ -190,7 +190,21 @@ def test_cache_kinds_agree_with_cfg_rows_dropped_for_text(setup):
     nulls = setup[4]
     outs = [run(setup, null_prompts=nulls, options=DecodeOptions(image=GREEDY, text=GREEDY, cfg_image=2.5,
                                                                  max_text_tokens=6, use_cache=c, cache=k))
-            for c, k in [(False, "dynamic"), (True, "filled"), (True, "dynamic"), (True, "static")]]
+            for c, k in [(False, "dynamic"), (True, "filled"), (True, "dynamic"), (True, "static"), (True, "graph")]]
     for out in outs[1:]:
         assert torch.equal(out.codes, outs[0].codes)
         assert out.text_ids == outs[0].text_ids
+
+
+def test_graph_step_agrees_with_forced_runs_in_the_region(setup):
+    """The static one-token step (``--cache graph``; eager on the CPU) between multi-token feeds of forced codes:
+    its mask must open the forced slots too, or the codes after a forced run would differ."""
+    codes, nulls = setup[2], setup[4]
+    mask = torch.zeros(codes.shape, dtype=torch.bool)
+    mask[:, 1:3, 1:] = True
+    outs = [run(setup, null_prompts=nulls, prior_codes=codes, edit_mask=mask,
+                options=DecodeOptions(image=GREEDY, cfg_image=2.0, cfg_text=1.5, max_text_tokens=6, use_cache=c,
+                                      cache=k))
+            for c, k in [(False, "dynamic"), (True, "graph")]]
+    assert torch.equal(outs[1].codes, outs[0].codes) and outs[1].text_ids == outs[0].text_ids
+    assert torch.equal(outs[1].codes[~mask], codes[~mask]) and not torch.equal(outs[1].codes, codes)

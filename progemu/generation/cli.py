@@ -47,7 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "--cfg-image then scales the prompt over the prior (for the image codes: = --cfg-null "
                         "unconditional when equal, = --cfg-null prior at 1; the text is guided against the "
                         "unconditional branch)")
-    s.add_argument("--cache", choices=("filled", "static", "dynamic"), default="filled", help="KV cache kind")
+    s.add_argument("--cache", choices=("filled", "static", "graph", "dynamic"), default="filled",
+                   help="KV cache kind: 'filled' (fastest on CPUs), 'graph' (static cache, each one-token step "
+                        "replayed from a CUDA graph: for GPUs, where a step is bound by kernel launches)")
     r = p.add_argument_group("region and guidance")
     r.add_argument("--region", choices=REGION_SOURCES, default="none",
                    help="edit-mask source for items without 'mask' / 'region'")

@@ -39,7 +39,8 @@ class DecodeOptions:
     max_text_tokens: int = 128
     use_cache: bool = True
     # "filled" (kv_cache.FilledCache) preallocates and attends over the filled part only; "static" is transformers'
-    # StaticCache (attends over all max_length slots); "dynamic" concatenates the whole cache every step
+    # StaticCache (attends over all max_length slots); "graph" is that cache with each one-token step replayed from a
+    # CUDA graph (generation/graphs.py; eager on CPUs); "dynamic" concatenates the whole cache every step
     cache: str = "filled"
     # skip the left padding the unconditional rows share when attending (generation/attention.py); same results
     trim_padding: bool = True

@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from progemu.generation.attention import plan_blocks, trimmed_attention
+from progemu.generation.graphs import StaticStep
 from progemu.generation.kv_cache import FilledCache
 from progemu.modeling_progemu import no_cudnn_attention
 
@@ -86,15 +87,21 @@ class TokenStream:
                 if max_length is None:
                     raise ValueError("a preallocated cache needs max_length")
                 self.cache = FilledCache(model.config, max_length)
-            elif cache == "static":
+            elif cache in ("static", "graph"):
                 if max_length is None:
-                    raise ValueError("a static cache needs max_length")
+                    raise ValueError(f"a {cache} cache needs max_length")
                 self.cache = StaticCache(config=model.config, max_cache_len=max_length)
             elif cache == "dynamic":
                 self.cache = DynamicCache()
             else:
-                raise ValueError(f"unknown cache kind {cache!r} (filled, static or dynamic)")
+                raise ValueError(f"unknown cache kind {cache!r} (filled, static, graph or dynamic)")
         self.state = self._prefill()  # (R, D) hidden state, or (R, V) logits without a head
+        self.step: StaticStep | None = None  # "graph": one-token steps from static buffers (a CUDA graph on GPUs)
+        if use_cache and cache == "graph":
+            if self.decoder is None:
+                raise ValueError("the graph cache needs a backbone + LM head model (get_decoder)")
+            self.step = StaticStep(self.decoder, self.cache, self.cache_kw, self.mask, max_length,
+                                   next(model.parameters()).dtype)
 
     @property
     def rows(self) -> int:
@@ -155,7 +162,13 @@ class TokenStream:
         self.mask = torch.cat([self.mask, torch.ones_like(cols)], 1)
         self.positions = torch.cat([self.positions, new_pos], 1)
         self.last_pos = new_pos[:, -1]
-        if self.use_cache:
+        if self.step is not None and k == 1:
+            self.forwards += 1
+            self.tokens_fed += int(cols.numel())
+            self.state = self.step(cols, new_pos)
+        elif self.use_cache:
+            if self.step is not None:
+                self.step.opened(k)  # a multi-token feed runs eagerly; the step's mask must know its slots
             self.state = self._run(cols, new_pos, self._blocks)
         else:  # no cache: the whole history again (the reference the cached path must match)
             self.state = self._run(self.ids, self.positions)
