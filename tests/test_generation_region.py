@@ -146,3 +146,30 @@ def test_paste_prior_blends_only_inside_the_mask():
     assert np.allclose(paste_prior(edited, prior, one)[43:45, 43:45], edited[43:45, 43:45])
     with pytest.raises(ValueError, match="differ in size"):
         paste_prior(edited[:32], prior, mask)
+
+
+def test_relevance_pass_reads_a_training_example_with_the_prior_as_target(tmp_path):
+    """The guidance pass appends the prior's block to a generation prompt that already ends with the target's header
+    ``<boi> h*w <img>``: it must read the tokens (and so give the logits) of a training example of that task whose
+    target image is the prior, not ``... <boi> h*w <img> <boi> h*w <img> codes ...``."""
+    from progemu.generation.guidance import _code_logits, teacher_forced_row
+    from progemu.modeling_progemu import ProgEmuForCausalLM
+    from progemu.processing_progemu import ProgEmuProcessor
+    from tests._gen_helpers import make_model_dir
+
+    folder = make_model_dir(tmp_path / "m")
+    proc, model = ProgEmuProcessor.from_pretrained(folder), ProgEmuForCausalLM.from_pretrained(folder).eval()
+    lay = proc.layout
+    codes = torch.randint(0, lay.codebook_size, (lay.grid_h, lay.grid_w), generator=torch.Generator().manual_seed(3))
+    text = "moderate left pleural effusion has developed."
+    for task in ("icg", "edit"):
+        row = teacher_forced_row(lay, proc.build_generation_prompt(task, prior_codes=codes, prompt=text), codes)
+        example = proc.build_example(task, codes, codes, prompt=text, text="the right lung is clear.")["input_ids"]
+        target_end = len(example) - len(proc.encode_text("the right lung is clear.")) - 1  # text and <eos> follow
+        assert row == example[:target_end]
+        with torch.no_grad():
+            full = model(torch.tensor([example])).logits[0]  # (T, V)
+        offs = lay.code_offsets().flatten()
+        start = target_end - lay.image_length  # the target block's first position
+        want = full[start - 1 + offs, lay.image_token_offset: lay.image_token_offset + lay.codebook_size]
+        torch.testing.assert_close(_code_logits(model, lay, [row])[0], want, atol=1e-5, rtol=1e-5)

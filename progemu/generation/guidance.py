@@ -45,12 +45,24 @@ def _code_logits(model: torch.nn.Module, layout: VocabLayout, rows: list[list[in
     return logits[:, offs, lo:hi].float()
 
 
+def teacher_forced_row(layout: VocabLayout, prompt: list[int], codes: torch.Tensor) -> list[int]:
+    """``prompt`` followed by the image block of ``codes`` (h, w): the sequence a training example of the task
+    holds with ``codes`` as its target image. A prompt from `build_generation_prompt` already ends with the
+    block's header ``<boi> h*w <img>``; then only the rest of the block is appended (the header twice is a sequence
+    the model never saw)."""
+    block = layout.codes_to_ids(torch.as_tensor(codes).cpu()).tolist()
+    n = layout.header_length
+    start = n if len(prompt) >= n and list(prompt[-n:]) == block[:n] else 0
+    return list(prompt) + block[start:]
+
+
 def relevance_grid(model: torch.nn.Module, layout: VocabLayout, prompts: list[list[int]],
                    prior_codes: torch.Tensor, reference_prompts: list[list[int]] | None = None,
                    method: str = "kl") -> torch.Tensor:
     """(B, h, w) relevance in [0, 1] of each code position for each item's prompt.
 
-    ``prompts`` end right before the generated image; the prior's block is appended teacher-forced.
+    ``prompts`` end right before the generated image or after its header; the block of ``prior_codes`` is appended
+    teacher-forced (`teacher_forced_row`).
     ``reference_prompts`` (needed by ``"kl"``) are the same prompts with the instruction text removed.
     """
     if method not in METHODS:
@@ -59,15 +71,14 @@ def relevance_grid(model: torch.nn.Module, layout: VocabLayout, prompts: list[li
         raise ValueError("the 'kl' guidance needs reference prompts (the prompt without its text)")
     prior_codes = torch.as_tensor(prior_codes)
     b, h, w = prior_codes.shape
-    blocks = layout.codes_to_ids(prior_codes.cpu()).tolist()  # (B, image_length)
     out = []
     # one item at a time: its rows are then padded the same way whatever batch it came in, so its map is the same
     # to the bit alone, in any batch or on any rank (and the (rows, positions, codebook) logits stay small)
     for s in range(b):
         idx = range(s, s + 1)
-        rows = [prompts[i] + blocks[i] for i in idx]
+        rows = [teacher_forced_row(layout, prompts[i], prior_codes[i]) for i in idx]
         if method == "kl":
-            rows += [reference_prompts[i] + blocks[i] for i in idx]
+            rows += [teacher_forced_row(layout, reference_prompts[i], prior_codes[i]) for i in idx]
         logits = _code_logits(model, layout, rows)  # (R, h*w, K)
         n = len(idx)
         logp = torch.log_softmax(logits[:n], -1)
