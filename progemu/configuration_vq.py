@@ -48,6 +48,7 @@ class ProgEmuVQConfig(PreTrainedConfig):
         fsq_levels: list[int] | tuple[int, ...] = (8, 5, 5, 5),
         lfq_entropy_loss_weight: float = 0.1,
         image_size: int = 128,
+        validation: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         if quantizer not in QUANTIZERS:
@@ -78,6 +79,9 @@ class ProgEmuVQConfig(PreTrainedConfig):
         self.vq_commitment_weight = vq_commitment_weight
         self.lfq_entropy_loss_weight = lfq_entropy_loss_weight
         self.image_size = image_size
+        # the tokenizer's reconstruction figures on held-out images of its training data (`progemu.generation.
+        # fidelity`): saved with the weights, so generation can tell an input far outside what it reconstructs well
+        self.validation = dict(validation) if validation else None
         super().__init__(**kwargs)
 
     @property

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -168,13 +169,17 @@ class BatchRunner:
                 entry["edited_codes"] = int(r.edit_mask.sum())
             samples.append(entry)
         first = results[0]
-        files = {}
+        files: dict[str, Any] = {}
         if first.guidance is not None:
             write_npy(folder / "guidance.npy", first.guidance.astype(np.float32))
             write_png(folder / "guidance.png", overlay(first.prior, first.guidance))
             files = {"guidance_png": "guidance.png", "guidance_npy": "guidance.npy"}
+        if first.warning:  # the input lies far outside what the checkpoint knows: said with the result, and aloud
+            files["warning"] = first.warning
+            tqdm.write(f"progemu generate: warning: item {item.id!r}: {first.warning}", file=sys.stderr)
         result = {"id": item.id, "status": "ok", "folder": str(folder), "samples": samples, **files}
         record = {"status": "ok", "result": result, **self._signature(src), "region": first.region,
+                  "prior_reconstruction": first.prior_reconstruction,
                   "seeds": [r.seed for r in results],
                   "timings": {**first.seconds, "note": "seconds of the whole batch this item ran in"},
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

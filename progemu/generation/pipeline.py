@@ -24,6 +24,7 @@ import torch
 
 from progemu.errors import ProgEmuError
 from progemu.generation.decoder import CounterfactualGenerator, DecodeOptions
+from progemu.generation.fidelity import reconstruction_scores, unfamiliar
 from progemu.generation.guidance import METHODS, auto_edit_mask, relevance_grid, upsample
 from progemu.generation.region import (
     REGION_SOURCES,
@@ -116,6 +117,10 @@ class GenerationResult:
     edit_mask: torch.Tensor | None = None  # (h, w) bool, True = sampled
     region: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # the prior encoded and decoded by the checkpoint's tokenizer: {"psnr", "ssim"}, and a warning when far below
+    # the tokenizer's own validation figures (`fidelity.unfamiliar`)
+    prior_reconstruction: dict[str, float] | None = None
+    warning: str | None = None
 
 
 def weights_fingerprint(path: str | Path) -> str:
@@ -238,6 +243,7 @@ class CounterfactualPipeline:
                 raise ProgEmuError(f"item {it.id!r}: empty prompt")
         # one image at a time through the VQ: an item's codes and pixels then never depend on its batch neighbours
         codes = torch.cat([proc.encode_images([p]) for p in priors]) if needs_prior else None  # (B, h, w)
+        fidelity = [self.prior_fidelity(priors[i], codes[i]) for i in range(n)] if needs_prior else [None] * n
         t_load = time.perf_counter() - t0
         task = {"counterfactual": opts.task, "report2image": "report2image", "image2report": "image2report"}[opts.mode]
         prompts = [proc.build_generation_prompt(task, prior_codes=None if codes is None else codes[i],
@@ -295,5 +301,16 @@ class CounterfactualPipeline:
                 image=None if images is None else images[row], codes=None if out.codes is None else out.codes[row],
                 prior=priors[i], edit_mask=None if edit_mask is None else edit_mask[row], region=regions[i],
                 guidance=None if g is None or priors[i] is None else upsample(g, priors[i].shape),
-                seconds=seconds))
+                seconds=seconds, prior_reconstruction=None if fidelity[i] is None else fidelity[i][0],
+                warning=None if fidelity[i] is None else fidelity[i][1]))
         return results
+
+    def prior_fidelity(self, prior: np.ndarray, codes: torch.Tensor) -> tuple[dict[str, float], str | None]:
+        """The prior's reconstruction PSNR / SSIM through the tokenizer and the warning they call for, if any."""
+        recon = self.processor.decode_codes(codes[None])[0]
+        if recon.shape != prior.shape:  # compare at the prior's size
+            t = torch.as_tensor(recon, dtype=torch.float32)[None, None]
+            recon = torch.nn.functional.interpolate(t, size=prior.shape, mode="bilinear")[0, 0].numpy()
+        scores = reconstruction_scores(prior, recon)
+        config = getattr(self.processor.vq_model, "config", None)
+        return scores, unfamiliar(scores, getattr(config, "validation", None))
