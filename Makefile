@@ -4,18 +4,36 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# WordNet for METEOR, tried once (`rm .venv/.wordnet-tried` or `make wordnet` to try again)
+WORDNET_STAMP := $(VENV)/.wordnet-tried
 TORCH_VERSION ?= 2.13.0
 # DeepSpeed JIT-compiles its ops once; keep them inside the repository so later runs reuse them.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONPATH := $(CURDIR):$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint clean pretrain finetune convert evaluate demo
+.PHONY: help install wordnet test lint clean pretrain finetune convert evaluate demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(STAMP)  ## create .venv/ and install the package with its dev tools (idempotent)
+install: $(STAMP) $(WORDNET_STAMP)  ## create .venv/ and install the package with its dev tools (idempotent)
+
+# METEOR's WordNet from Debian's packages (no download from elsewhere): apt-get where it exists and we are root;
+# otherwise a message, and METEOR is reported as unavailable.
+WORDNET_PKGS := wordnet-base wordnet-sense-index
+$(WORDNET_STAMP): | $(STAMP)
+	@$(MAKE) --no-print-directory wordnet
+	@touch $(WORDNET_STAMP)
+
+wordnet:  ## install WordNet for METEOR (Debian's wordnet-base) into .venv/nltk_data
+	@if ! test -f /usr/share/wordnet/index.sense && command -v apt-get >/dev/null 2>&1 && test "$$(id -u)" = 0; then \
+	  echo "installing $(WORDNET_PKGS) (apt-get)"; \
+	  apt-get install -y -q $(WORDNET_PKGS) >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(WORDNET_PKGS) >/dev/null 2>&1) || true; \
+	fi
+	@$(BIN)/python -m eval.wordnet || echo "WordNet not installed: METEOR will be reported as unavailable" \
+	  "(as root: apt-get install $(WORDNET_PKGS); then make wordnet)"
 
 # torch first, chosen by machine: a CUDA build where a GPU answers, a CPU build elsewhere (the CPU
 # index when reachable, else whatever local wheel pip is configured with). The package's own torch
