@@ -75,7 +75,8 @@ class CheXbert:
     """Label texts with CheXbert: (N, 14) class indices (0 blank, 1 positive, 2 negative, 3 uncertain)."""
 
     def __init__(self, model: BertLabeler, tokenizer, path: str = ""):
-        self.model, self.tokenizer, self.path = model.eval(), tokenizer, path
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer, self.path = model.eval().to(self.device), tokenizer, path
 
     @classmethod
     def load(cls, checkpoint: str | Path, bert_dir: str | Path) -> CheXbert:
@@ -112,7 +113,8 @@ class CheXbert:
             mask = torch.zeros_like(padded)
             for j, t in enumerate(ids):
                 mask[j, : len(t)] = 1
-            out.append(torch.stack([h.argmax(-1) for h in self.model(padded, mask)], 1))  # (B, 14)
+            heads = self.model(padded.to(self.device), mask.to(self.device))
+            out.append(torch.stack([h.argmax(-1) for h in heads], 1).cpu())  # (B, 14)
         return torch.cat(out).numpy() if out else np.zeros((0, len(CONDITIONS)), np.int64)
 
     def label_dicts(self, texts: Sequence[str | None]) -> list[dict[str, str]]:

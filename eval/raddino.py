@@ -29,7 +29,8 @@ class RadDino:
     """A local RAD-DINO (or any Dinov2Model) folder as an FID feature extractor."""
 
     def __init__(self, model, processor, path: str = ""):
-        self.model, self.processor, self.path = model.eval(), processor, path
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.processor, self.path = model.eval().to(self.device), processor, path
 
     @classmethod
     def load(cls, folder: str | Path) -> RadDino:
@@ -61,5 +62,6 @@ class RadDino:
         out = []
         for i in range(0, len(images), batch):
             pixels = self.processor(images=self.to_pil(images[i: i + batch]), return_tensors="pt")["pixel_values"]
-            out.append(self.model(pixel_values=pixels.to(self.model.dtype)).pooler_output.float())
+            pixels = pixels.to(self.device, self.model.dtype)
+            out.append(self.model(pixel_values=pixels).pooler_output.float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.model.config.hidden_size), np.float32)

@@ -160,7 +160,8 @@ class XRVEvaluator:
     ``threshold_array``, ``spec``) with its outputs renamed to CheXpert labels."""
 
     def __init__(self, net: XRVDenseNet, path: str = ""):
-        self.net = net.eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net = net.eval().to(self.device)
         names = [TO_CHEXPERT.get(p, p) for p in XRV_PATHOLOGIES[: net.classifier.out_features]]
         self.index = [i for i, n in enumerate(names) if n in CHEXPERT_LABELS]
         calibrated = net.op_threshs is not None
@@ -186,14 +187,14 @@ class XRVEvaluator:
 
     @torch.no_grad()
     def _batches(self, images: np.ndarray, fn, batch: int = 32) -> torch.Tensor:
-        out = [fn(preprocess(images[i: i + batch])) for i in range(0, len(images), batch)]
+        out = [fn(preprocess(images[i: i + batch]).to(self.device)).cpu() for i in range(0, len(images), batch)]
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """(N, C) probabilities of the CheXpert-named outputs (operating point 0.5 where calibrated)."""
         prob = self._batches(images, lambda x: torch.sigmoid(self.net(x)))
         if self.net.op_threshs is not None and len(prob):
-            prob = op_norm(prob, self.net.op_threshs.float())
+            prob = op_norm(prob, self.net.op_threshs.float().cpu())
         return prob[:, self.index].numpy() if len(prob) else np.zeros((0, len(self.index)), np.float32)
 
     def threshold_array(self) -> np.ndarray:

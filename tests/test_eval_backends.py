@@ -112,7 +112,8 @@ def test_raddino_features_as_chexgenbench(tmp_path):
     with torch.no_grad():  # the CLS (pooler) output of the processor's pixels
         pix = rd.processor(images=pil, return_tensors="pt")["pixel_values"]
         assert pix.shape == (2, 3, 56, 56)
-        assert np.allclose(rd.model(pixel_values=pix).pooler_output.numpy(), feats[:2], atol=1e-5)
+        got = rd.model(pixel_values=pix.to(rd.device)).pooler_output.cpu().numpy()
+        assert np.allclose(got, feats[:2], atol=1e-5)
     f64 = feats.astype(np.float64)
     assert frechet_distance(f64, f64) == pytest.approx(0, abs=1e-6)
     assert frechet_distance(f64, rd.features(SET_B).astype(np.float64)) > 1e-3
