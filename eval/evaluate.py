@@ -94,8 +94,8 @@ def _clean(obj):
 
 def produced_by(evaluators: dict, backends: StandardBackends) -> dict[str, str]:
     """Which evaluator made each section's (or metric's) numbers: ``section`` or ``section.key`` -> name."""
-    out = {"image": "pixels (scikit-image SSIM / PSNR; guidance maps vs true change masks)",
-           "text": "sacrebleu BLEU, rouge-score ROUGE-L, NLTK METEOR",
+    out = {"image": "pixels (scikit-image)", "image.guidance": "guidance map vs true change mask",
+           "text.bleu": "sacrebleu", "text.rouge": "rouge-score", "text.meteor": "NLTK (WordNet 3.0)",
            "text.clinical": "rule labeler (progemu.findings)", "text.positive": "rule labeler (progemu.findings)"}
     if "findings" in evaluators:
         ev = evaluators["findings"]
@@ -148,6 +148,7 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
         if "findings" in evaluators:
             notes.append("findings metrics use torchxrayvision's DenseNet-121; the project's own findings classifier "
                          "is listed but not used")
+            specs["findings"]["replaced_by"] = backends.xrv.spec.name
         evaluators["findings"] = backends.xrv
     specs.update(backends.specs())
     log(f"evaluating {len(items)} items with evaluators {sorted(evaluators)}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def fmt(v: Any) -> str:
 def produced_by(metrics: dict, section: str, key: str) -> str:
     """The evaluator that made ``section.key`` (metrics.json's ``produced_by``: the most specific entry wins)."""
     by = metrics.get("produced_by") or {}
-    for k in (f"{section}.{key}", f"{section}.{key.split('_')[0]}", section):
+    for k in (f"{section}.{key}", f"{section}.{re.sub(r'[_0-9].*', '', key)}", section):
         if k in by:
             return by[k]
     return "–"
@@ -98,7 +99,8 @@ def evaluator_rows(metrics: dict) -> list[list[str]]:
         h = ev["heldout"]
         rows.append([name, ", ".join(ev["classes"]), fmt(h.get("auroc")), fmt(h.get("accuracy")), fmt(h.get("f1")),
                      fmt(h.get("n")) if "source" not in h else h["source"],
-                     "yes" if h.get("reliable") else "no (not used)"])
+                     f"no (replaced by {ev['replaced_by']})" if ev.get("replaced_by")
+                     else "yes" if h.get("reliable") else "no (not used)"])
     return rows
 
 
