@@ -238,3 +238,23 @@ def test_evaluate_with_standard_evaluators(tmp_path):
     with pytest.raises(ProgEmuError, match="chexbert.pth"):
         evaluate(data, tmp_path / "out2", generated=gen, evaluators_dir=f"standard={w}", size=SIZE, log=lambda s: None)
     assert not (tmp_path / "out2" / "metrics.json").exists()
+
+
+def test_report_names_the_evaluator_of_each_metric():
+    from eval.report import evaluator_rows, markdown, produced_by
+
+    m = {"n_items": 2, "split": "test", "notes": [],
+         "produced_by": {"image": "pixels (scikit-image)", "text.bleu": "sacrebleu", "text.chexbert": "chexbert",
+                         "findings": "xrv-densenet121", "image.fid_raddino": "rad-dino"},
+         "evaluators": {"findings": {"classes": ["a"], "heldout": {"auroc": 0.9, "reliable": True, "n": 8},
+                                     "replaced_by": "xrv-densenet121"},
+                        "chexbert": {"classes": ["14"], "heldout": {"reliable": True, "source": "published"}}},
+         "systems": {"model": {"image": {"ssim": 0.5, "fid_raddino": 3.0}, "text": {"bleu4": 0.2, "chexbert_f1_5": 0.4},
+                               "findings": {"gfid": 1.0}}}}
+    assert [produced_by(m, *k) for k in (("text", "bleu4"), ("text", "chexbert_f1_5"), ("image", "fid_raddino"),
+                                          ("image", "ssim_outside_change"), ("findings", "gfid"), ("text", "meteor"))] \
+        == ["sacrebleu", "chexbert", "rad-dino", "pixels (scikit-image)", "xrv-densenet121", "–"]
+    rows = {r[0]: r for r in evaluator_rows(m)}
+    assert rows["findings"][-1] == "no (replaced by xrv-densenet121)" and rows["chexbert"][5] == "published"
+    md = markdown(m)
+    assert "| BLEU-4 ↑ | 0.200 | sacrebleu |" in md and "| FID (RAD-DINO features, as CheXGenBench) ↓ | 3.000 | rad-dino |" in md
