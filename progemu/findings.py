@@ -151,7 +151,7 @@ _TRANSITION = re.compile(r"\bfrom (" + "|".join(_SEVERITY_RANK) + r") to (" + "|
 # not present before, suggesting a nodule": the conclusion after "suggesting" / "indicating" is its own clause).
 _BREAK = re.compile(r",? *\b(?:but|however|although|though|whereas|while|except|aside from|apart from|which|"
                     r"with the exception of|indicating|suggesting|suggestive of|consistent with|compatible with|"
-                    r"in keeping with|representing|and there (?:is|are)|otherwise)\b|;|, there (?:is|are)\b")
+                    r"in keeping with|representing|and there (?:is|are)|and(?= the\b)|otherwise)\b|;|, there (?:is|are)\b")
 # Pseudo-negations: "no change in the effusion" does not negate the effusion (NegBio's pseudo-negation rule).
 _PSEUDO_NEG = re.compile(r"\bno (?:significant |appreciable )?(?:interval )?(?:change|increase|decrease|worsening|"
                          r"improvement)\b|\bnot (?:changed|significantly changed)\b")
