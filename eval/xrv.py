@@ -163,8 +163,11 @@ class XRVEvaluator:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net = net.eval().to(self.device)
         names = [TO_CHEXPERT.get(p, p) for p in XRV_PATHOLOGIES[: net.classifier.out_features]]
-        self.index = [i for i, n in enumerate(names) if n in CHEXPERT_LABELS]
         calibrated = net.op_threshs is not None
+        # torchxrayvision's weights trained on one data set give every output but leave the ones it had no labels
+        # for untrained, with a NaN operating point (its "chex", "nih", "rsna" ... weights): those are left out
+        trained = [not calibrated or not torch.isnan(t) for t in (net.op_threshs if calibrated else names)]
+        self.index = [i for i, n in enumerate(names) if n in CHEXPERT_LABELS and trained[i]]
         self.spec = BackendSpec(
             name="xrv-densenet121", kind="multilabel", classes=[names[i] for i in self.index], image_size=INPUT_SIZE,
             heldout={"reliable": True, "source": "torchxrayvision densenet121-res224-all, pretrained; held-out "

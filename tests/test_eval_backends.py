@@ -86,6 +86,8 @@ def test_xrv_loads_predicts_and_features(tmp_path):
         XRVEvaluator.load(tmp_path / "module.pt")
     with pytest.raises(ProgEmuError, match="nowhere.safetensors.*not found"):
         XRVEvaluator.load(tmp_path / "nowhere.safetensors")
+    net.op_threshs[14] = float("nan")  # weights with no Lung Lesion labels: that output is untrained, left out
+    assert "Lung Lesion" not in XRVEvaluator(net).spec.classes and len(XRVEvaluator(net).spec.classes) == 11
 
 
 def make_raddino(folder, size=56):
