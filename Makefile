@@ -4,18 +4,36 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# WordNet for METEOR, tried once (`rm .venv/.wordnet-tried` or `make wordnet` to try again)
+WORDNET_STAMP := $(VENV)/.wordnet-tried
 TORCH_VERSION ?= 2.13.0
 # DeepSpeed JIT-compiles its ops once; keep them inside the repository so later runs reuse them.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 export PYTHONPATH := $(CURDIR):$(PYTHONPATH)
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint clean pretrain finetune convert evaluate demo
+.PHONY: help install wordnet test lint clean pretrain finetune convert evaluate demo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: $(STAMP)  ## create .venv/ and install the package with its dev tools (idempotent)
+install: $(STAMP) $(WORDNET_STAMP)  ## create .venv/ and install the package with its dev tools (idempotent)
+
+# METEOR's WordNet from Debian's packages (no download from elsewhere): apt-get where it exists and we are root;
+# otherwise a message, and METEOR is reported as unavailable.
+WORDNET_PKGS := wordnet-base wordnet-sense-index
+$(WORDNET_STAMP): | $(STAMP)
+	@$(MAKE) --no-print-directory wordnet
+	@touch $(WORDNET_STAMP)
+
+wordnet:  ## install WordNet for METEOR (Debian's wordnet-base) into .venv/nltk_data
+	@if ! test -f /usr/share/wordnet/index.sense && command -v apt-get >/dev/null 2>&1 && test "$$(id -u)" = 0; then \
+	  echo "installing $(WORDNET_PKGS) (apt-get)"; \
+	  apt-get install -y -q $(WORDNET_PKGS) >/dev/null 2>&1 || \
+	    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(WORDNET_PKGS) >/dev/null 2>&1) || true; \
+	fi
+	@$(BIN)/python -m eval.wordnet || echo "WordNet not installed: METEOR will be reported as unavailable" \
+	  "(as root: apt-get install $(WORDNET_PKGS); then make wordnet)"
 
 # torch first, chosen by machine: a CUDA build where a GPU answers, a CPU build elsewhere (the CPU
 # index when reachable, else whatever local wheel pip is configured with). The package's own torch
@@ -64,12 +82,14 @@ convert: install  ## ZeRO checkpoint -> Hugging Face folder: make convert CKPT=r
 EVAL_DATA ?= data/synthcxr-128
 EVAL_OUT ?= runs/eval
 MODEL ?= runs/finetune-tiny/final
-evaluate: install  ## evaluate: make evaluate [MODEL=dir | GENERATED=dir] [EVAL_DATA=dir] [EVAL_OUT=dir]
+# the project's own evaluators; add the standard networks with EVALUATORS=runs/evaluators,standard=weights (eval/README.md)
+EVALUATORS ?= runs/evaluators
+evaluate: install  ## evaluate: make evaluate [MODEL=dir | GENERATED=dir] [EVAL_DATA=dir] [EVAL_OUT=dir] [EVALUATORS=...]
 	@test -f $(EVAL_DATA)/manifest.json || test -n "$(filter-out data/synthcxr-128,$(EVAL_DATA))" || \
 	  nice -n 10 $(BIN)/progemu synth --out $(EVAL_DATA) --size 128 --pairs 2000
 	@test -f runs/evaluators/findings.json || \
 	  nice -n 10 $(BIN)/python -m eval.train_evaluators --data $(EVAL_DATA) --out runs/evaluators
-	$(BIN)/python -m eval.evaluate --data $(EVAL_DATA) --out $(EVAL_OUT) --evaluators runs/evaluators \
+	$(BIN)/python -m eval.evaluate --data $(EVAL_DATA) --out $(EVAL_OUT) --evaluators $(EVALUATORS) \
 	  $(if $(GENERATED),--generated $(GENERATED),--model $(MODEL))
 
 demo: install  ## the whole pipeline offline on SynthCXR, ends with runs/demo/report.html (FROM_SCRATCH=1 trains it all)

@@ -10,8 +10,10 @@ significant interval change.": the floor) and ``true_followup`` (the registered 
 interpretation: the ceiling), and where the model folder is known (``--model``, or ``--tokenizer-from`` with
 ``--generated``) ``vq_followup`` (the true follow-up encoded and decoded by the model's processor and VQ: what a
 model that predicts every code right would score, so the gap to ``true_followup`` is the tokenizer's and the rest
-the model's). Evaluators come from ``--evaluators`` (trained there from ``--data`` when absent); one without
-held-out accuracy, or not clearly better than chance, is not used.
+the model's). Evaluators come from ``--evaluators``: the project's own folder (trained there from ``--data`` when
+absent; one without held-out accuracy, or not clearly better than chance, is not used) and, from local weights,
+the field's standard networks (``eval.backends``: torchxrayvision, RAD-DINO, CheXbert), e.g.
+``--evaluators runs/evaluators,standard=weights``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from eval import classifier, train_evaluators
+from eval.backends import StandardBackends, load_standard, parse_evaluators
 from eval.data import EvalItem, eval_items, load_gray, load_records
-from eval.image_metrics import fit, overlay
+from eval.image_metrics import fit, frechet_distance, overlay
 from eval.metrics import EvalData, System, evaluate_system
 from eval.outputs import load_guidance, read_generated, run_generation
 from eval.report import GalleryItem, write_report
@@ -89,6 +92,24 @@ def _clean(obj):
     return obj
 
 
+def produced_by(evaluators: dict, backends: StandardBackends) -> dict[str, str]:
+    """Which evaluator made each section's (or metric's) numbers: ``section`` or ``section.key`` -> name."""
+    out = {"image": "pixels (scikit-image)", "image.guidance": "guidance map vs true change mask",
+           "text.bleu": "sacrebleu", "text.rouge": "rouge-score", "text.meteor": "NLTK (WordNet 3.0)",
+           "text.clinical": "rule labeler (progemu.findings)", "text.positive": "rule labeler (progemu.findings)"}
+    if "findings" in evaluators:
+        ev = evaluators["findings"]
+        out["findings"] = f"{ev.spec.name} (own, trained on SynthCXR)" if isinstance(ev, classifier.Evaluator) else ev.spec.name
+    attrs = sorted(k for k in evaluators if k != "findings")
+    if attrs:
+        out["demographics"] = "own: " + ", ".join(attrs)
+    if backends.raddino is not None:
+        out["image.fid_raddino"] = "rad-dino"
+    if backends.chexbert is not None:
+        out["text.chexbert"] = "chexbert"
+    return out
+
+
 def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None = None, model: str | Path | None = None,
              evaluators_dir: str | Path = "runs/evaluators", source: str = "icg-cxr", split: str = "test",
              limit: int | None = 64, size: int = 128, reference_split: str = "validate", gallery: int = 12,
@@ -114,11 +135,22 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
     if not items:
         raise ProgEmuError(f"{generated}: none of the {len(gens)} items has outputs (first error: "
                            f"{next(iter(failed.values()))})")
-    ev_dir = Path(evaluators_dir)
-    if not classifier.available(ev_dir):
-        log(f"no evaluators in {ev_dir}: training them on {data_dir}")
-        train_evaluators.main(["--data", str(data_dir), "--out", str(ev_dir), "--source", source, "--size", str(size)])
-    evaluators, specs = load_evaluators(ev_dir, notes)
+    choice = parse_evaluators(str(evaluators_dir))
+    backends = load_standard(choice, log)  # before any generation result is used: a missing weight fails early
+    evaluators, specs = {}, {}
+    if choice.own is not None:
+        if not classifier.available(choice.own):
+            log(f"no evaluators in {choice.own}: training them on {data_dir}")
+            train_evaluators.main(["--data", str(data_dir), "--out", str(choice.own), "--source", source,
+                                   "--size", str(size)])
+        evaluators, specs = load_evaluators(choice.own, notes)
+    if backends.xrv is not None:
+        if "findings" in evaluators:
+            notes.append("findings metrics use torchxrayvision's DenseNet-121; the project's own findings classifier "
+                         "is listed but not used")
+            specs["findings"]["replaced_by"] = backends.xrv.spec.name
+        evaluators["findings"] = backends.xrv
+    specs.update(backends.specs())
     log(f"evaluating {len(items)} items with evaluators {sorted(evaluators)}")
     data = load_truth(items, size)
     outputs = np.stack([fit(load_gray(gens[it.id].image, size), (size, size)) for it in items])
@@ -132,28 +164,32 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
             log(f"passing the true follow-ups through the tokenizer of {tok}")
             paths = [it.target_path for it in items]
             systems.append(System("vq_followup", vq_round_trip(tok, paths, size), data.references))
-    ref_feats = None
-    if "findings" in evaluators:
+    ref_feats = ref_imgs = None
+    if "findings" in evaluators or backends.raddino is not None:
         ref = [r for r in records if r.split == reference_split and r.target_image is not None][:256]
         if len(ref) >= 2:
             ref_imgs = np.stack([load_gray(r.target_image, size) for r in ref])
         else:
             ref_imgs = data.targets if data.targets is not None else data.priors
             notes.append(f"gFID reference = the evaluated items' own follow-ups (no {reference_split!r} split)")
+    if "findings" in evaluators:
         ref_feats = evaluators["findings"].features(ref_imgs)
     prior_probs = {k: v.predict_proba(data.priors) for k, v in evaluators.items() if k != "findings"}
     metrics = {"n_items": len(items), "n_failed": len(failed), "failed": failed, "split": split,
                "data": str(data_dir), "model": str(model) if model else None, "generated": str(generated),
                "image_size": size, "guidance_threshold": guidance_threshold, "evaluators": specs, "notes": notes, "systems": {}}
+    metrics["produced_by"] = produced_by(evaluators, backends)
     for sys_ in systems:
         metrics["systems"][sys_.name] = evaluate_system(sys_, data, evaluators, ref_feats, prior_probs,
                                                         guidance_threshold)
+    standard_metrics(backends, systems, data.references, ref_imgs, metrics, notes)
     for sys_ in metrics["systems"].values():
         for n in sys_.get("text", {}).pop("notes", []):
             notes.append(n) if n not in notes else None
     if "findings" in evaluators:
-        notes.append("gFID uses the project's findings classifier's pooled features (not Inception), against "
-                     f"{len(ref_feats)} real follow-ups; with few items it is biased upwards (compare systems only)")
+        notes.append(f"gFID uses the findings classifier's ({metrics['produced_by']['findings']}) pooled features (not "
+                     f"Inception), against {len(ref_feats)} real follow-ups; with few items it is biased upwards "
+                     "(compare systems only)")
     metrics = _clean(metrics)
     write_json_atomic(out / "metrics.json", metrics)
     shown = items[:gallery]
@@ -166,13 +202,34 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
     return metrics
 
 
+def standard_metrics(backends: StandardBackends, systems: list[System], references: list[str],
+                     ref_imgs: np.ndarray | None, metrics: dict, notes: list[str]) -> None:
+    """RAD-DINO FID (``image.fid_raddino``) and F1-CheXbert (``text.chexbert_f1``, ``chexbert_f1_5``) per system."""
+    if backends.raddino is not None and ref_imgs is not None:
+        ref = backends.raddino.features(ref_imgs).astype(np.float64)
+        for sys_ in systems:
+            if len(sys_.images) > 1:
+                feats = backends.raddino.features(sys_.images).astype(np.float64)
+                metrics["systems"][sys_.name]["image"]["fid_raddino"] = frechet_distance(feats, ref)
+        notes.append(f"FID (RAD-DINO) as CheXGenBench computes it (299 px RGB, RAD-DINO's processor, CLS features), "
+                     f"against {len(ref)} real follow-ups; with few items it is biased upwards")
+    if backends.chexbert is not None:
+        from eval.chexbert import chexbert_f1
+
+        ref_labels = backends.chexbert.label(references)
+        for sys_ in systems:
+            metrics["systems"][sys_.name]["text"].update(chexbert_f1(backends.chexbert.label(sys_.texts), ref_labels))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="data folder with ground truth (SynthCXR / ICG-CXR)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", help="model folder; generation runs into OUT/generated unless --generated is given")
     ap.add_argument("--generated", help="an existing `progemu generate` output folder")
-    ap.add_argument("--evaluators", default="runs/evaluators")
+    ap.add_argument("--evaluators", default="runs/evaluators",
+                    help="own evaluators' folder and/or standard networks: DIR,xrv=FILE,raddino=DIR,chexbert=FILE,"
+                         "bert=DIR or standard=DIR (eval/README.md)")
     ap.add_argument("--source", default="icg-cxr")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=64, help="items evaluated at most (0: all)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("findings", "prompted_f1", "Progression alignment F1 (prompted findings)", True),
     ("findings", "all_findings_auroc", "Classifier AUROC vs follow-up labels (all findings)", True),
     ("findings", "all_findings_f1", "Classifier F1 vs follow-up labels (all findings)", True),
-    ("findings", "gfid", "gFID (own classifier features, not Inception)", False),
+    ("findings", "gfid", "gFID (findings classifier features, not Inception)", False),
+    ("image", "fid_raddino", "FID (RAD-DINO features, as CheXGenBench)", False),
     ("image", "ssim", "SSIM vs true counterfactual", True),
     ("image", "psnr", "PSNR vs true counterfactual (dB)", True),
     ("image", "ssim_outside_change", "SSIM outside the change region (vs prior)", True),
@@ -42,7 +44,9 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("text", "rouge_l", "ROUGE-L", True),
     ("text", "meteor", "METEOR", True),
     ("text", "clinical_f1", "Clinical label F1 (labeler facts)", True),
-    ("text", "positive_f1", "Positive-finding F1 (CheXbert-style)", True),
+    ("text", "positive_f1", "Positive-finding F1 (CheXbert-style, rule labeler)", True),
+    ("text", "chexbert_f1", "F1-CheXbert (14 observations, micro, positive)", True),
+    ("text", "chexbert_f1_5", "F1-CheXbert (5 observations)", True),
     ("findings", "consistency", "Consistency: text findings vs classifier on image", True),
 )
 SYSTEM_TITLES = {"identity": "identity (floor)", "model": "model", "true_followup": "true follow-up (ceiling)",
@@ -69,14 +73,23 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def table_rows(metrics: dict) -> list[tuple[str, list[Any]]]:
-    """(label, value per system) for every metric any system has."""
+def produced_by(metrics: dict, section: str, key: str) -> str:
+    """The evaluator that made ``section.key`` (metrics.json's ``produced_by``: the most specific entry wins)."""
+    by = metrics.get("produced_by") or {}
+    for k in (f"{section}.{key}", f"{section}.{re.sub(r'[_0-9].*', '', key)}", section):
+        if k in by:
+            return by[k]
+    return "–"
+
+
+def table_rows(metrics: dict) -> list[tuple[str, list[Any], str]]:
+    """(label, value per system, evaluator) for every metric any system has."""
     systems = list(metrics["systems"])
     rows = []
     for section, key, label, higher in METRICS:
         vals = [metrics["systems"][s].get(section, {}).get(key) for s in systems]
         if any(v is not None for v in vals):
-            rows.append((f"{label} {'↑' if higher else '↓'}", vals))
+            rows.append((f"{label} {'↑' if higher else '↓'}", vals, produced_by(metrics, section, key)))
     return rows
 
 
@@ -85,7 +98,9 @@ def evaluator_rows(metrics: dict) -> list[list[str]]:
     for name, ev in metrics.get("evaluators", {}).items():
         h = ev["heldout"]
         rows.append([name, ", ".join(ev["classes"]), fmt(h.get("auroc")), fmt(h.get("accuracy")), fmt(h.get("f1")),
-                     fmt(h.get("n")), "yes" if h.get("reliable") else "no (not used)"])
+                     fmt(h.get("n")) if "source" not in h else h["source"],
+                     f"no (replaced by {ev['replaced_by']})" if ev.get("replaced_by")
+                     else "yes" if h.get("reliable") else "no (not used)"])
     return rows
 
 
@@ -93,10 +108,10 @@ def markdown(metrics: dict) -> str:
     """The metric table and the evaluator table in markdown."""
     systems = [SYSTEM_TITLES.get(s, s) for s in metrics["systems"]]
     lines = [f"# Evaluation on {metrics['n_items']} items ({metrics.get('split')})", "",
-             "| metric | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
-    lines += [f"| {label} | " + " | ".join(fmt(v) for v in vals) + " |" for label, vals in table_rows(metrics)]
+             "| metric | " + " | ".join(systems) + " | evaluator |", "|---|" + "---|" * len(systems) + "---|"]
+    lines += [f"| {label} | " + " | ".join(fmt(v) for v in vals) + f" | {by} |" for label, vals, by in table_rows(metrics)]
     lines += ["", "## Evaluators (held-out accuracy)", "",
-              "| evaluator | classes | AUROC | accuracy | F1 | n | used |", "|---|---|---|---|---|---|---|"]
+              "| evaluator | classes | AUROC | accuracy | F1 | n (or source) | used |", "|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in evaluator_rows(metrics)]
     if metrics.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in metrics["notes"]]
@@ -173,11 +188,12 @@ def html_report(metrics: dict, gallery: list[GalleryItem], plot_paths: list[Path
              "</style></head><body>", f"<h1>progemu evaluation: {metrics['n_items']} items ({e(str(metrics.get('split')))})</h1>",
              f"<p>Model: {e(str(metrics.get('model')))} &middot; outputs: {e(str(metrics.get('generated')))} &middot; "
              f"failed items: {metrics.get('n_failed', 0)}</p>", "<h2>Metrics</h2><table><tr><th>metric</th>"]
-    parts += [f"<th>{e(s)}</th>" for s in systems] + ["</tr>"]
-    for label, vals in table_rows(metrics):
-        parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{fmt(v)}</td>" for v in vals) + "</tr>")
-    parts.append("</table><h2>Evaluators (held-out accuracy; trained by the project)</h2><table><tr><th>evaluator"
-                 "</th><th>classes</th><th>AUROC</th><th>accuracy</th><th>F1</th><th>n</th><th>used</th></tr>")
+    parts += [f"<th>{e(s)}</th>" for s in systems] + ["<th>evaluator</th></tr>"]
+    for label, vals, by in table_rows(metrics):
+        parts.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{fmt(v)}</td>" for v in vals) + f"<td>{e(by)}</td></tr>")
+    parts.append("</table><h2>Evaluators (held-out accuracy where the project trained them)</h2><table><tr><th>"
+                 "evaluator</th><th>classes</th><th>AUROC</th><th>accuracy</th><th>F1</th><th>n (or source)</th>"
+                 "<th>used</th></tr>")
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in evaluator_rows(metrics)]
     parts.append("</table>")
     if metrics.get("notes"):

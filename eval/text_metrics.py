@@ -1,8 +1,9 @@
 """Text metrics of generated interpretations against references: BLEU-1..4, ROUGE-L, METEOR, clinical label F1.
 
 BLEU is sacrebleu's corpus BLEU (cumulative n-gram order n, as report-generation papers quote BLEU-n), in
-[0, 1]. METEOR needs NLTK's WordNet data, which cannot be downloaded here: where it is absent the metric is
-left out and ``text_metrics`` says so in ``notes``.
+[0, 1]. METEOR is NLTK's (exact, Porter-stem and WordNet-synonym matches; alpha 0.9, beta 3, gamma 0.5) on
+lower-cased whitespace tokens; its WordNet comes from Debian's package (``eval.wordnet``): where it is absent the
+metric is left out and ``text_metrics`` says so in ``notes``.
 """
 
 from __future__ import annotations
@@ -34,22 +35,21 @@ def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 def wordnet_available() -> bool:
     """True when NLTK and its WordNet corpus are installed (METEOR's synonym stage needs it)."""
-    try:
-        import nltk
+    from eval.wordnet import wordnet
 
-        nltk.data.find("corpora/wordnet")
-        return True
-    except (ImportError, LookupError):
-        return False
+    return wordnet() is not None
 
 
 def meteor(hyps: Sequence[str], refs: Sequence[str]) -> float | None:
-    """Mean METEOR (NLTK), or None where WordNet data is absent."""
-    if not wordnet_available():
+    """Mean sentence METEOR (NLTK), or None where WordNet data is absent."""
+    from eval.wordnet import wordnet
+
+    wn = wordnet()
+    if wn is None:
         return None
     from nltk.translate.meteor_score import meteor_score
 
-    scores = [meteor_score([r.lower().split()], h.lower().split()) for h, r in zip(hyps, refs)]
+    scores = [meteor_score([r.lower().split()], h.lower().split(), wordnet=wn) for h, r in zip(hyps, refs)]
     return float(sum(scores) / len(scores)) if scores else float("nan")
 
 
@@ -91,7 +91,9 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, object]:
     out["rouge_l"] = rouge_l(hyps, refs)
     m = meteor(hyps, refs)
     if m is None:
-        out["notes"] = ["METEOR left out: NLTK WordNet data is not installed (it cannot be downloaded here)"]
+        from eval.wordnet import INSTALL_HINT
+
+        out["notes"] = [f"METEOR left out: WordNet data is not installed ({INSTALL_HINT})"]
     else:
         out["meteor"] = m
     out.update(clinical_f1([label_text(h) for h in hyps], [label_text(r) for r in refs]))

@@ -127,3 +127,34 @@ def test_scores():
     assert m["per_class"]["a"]["n"] == 3 and m["per_class"]["b"]["n"] == 2 and m["auroc"] == 1.0
     c = multiclass_scores(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), np.array([0, 1, -1]), ["x", "y"])
     assert c["accuracy"] == 1.0 and c["n"] == 2 and c["chance_accuracy"] == 0.5
+
+
+@pytest.mark.skipif(not wordnet_available(), reason="WordNet not installed (make wordnet)")
+def test_meteor_hand_checked():
+    """hyp 'the left thorax has liquid' vs ref 'liquid in the left chest': exact the, left, liquid and the WordNet
+    synonym thorax~chest: m = 4, P = R = 4/5, Fmean = PR / (0.9 P + 0.1 R) = 0.8; chunks (the left thorax)
+    (liquid) = 2, fragmentation 2/4, penalty 0.5 * 0.5^3 = 0.0625; METEOR = 0.8 * (1 - 0.0625) = 0.75.
+    Without the synonym stage: m = 3, P = R = 0.6, Fmean 0.6, chunks 2, penalty 0.5 * (2/3)^3, 0.511."""
+    assert meteor(["the left thorax has liquid"], ["liquid in the left chest"]) == pytest.approx(0.75)
+    # partial match, stems only: small, left, effusion; P 3/4, R 1/2, Fmean 0.375 / 0.725; chunks 2 of 3
+    assert meteor(["small left pleural effusion"], ["there is a small left effusion"]) == pytest.approx(
+        0.375 / 0.725 * (1 - 0.5 * (2 / 3) ** 3))
+    m = text_metrics(["the left thorax has liquid", "a b"], ["liquid in the left chest", "a b"])
+    assert m["meteor"] == pytest.approx((0.75 + meteor(["a b"], ["a b"])) / 2) and "notes" not in m
+
+
+def test_wordnet_layout(tmp_path):
+    """eval.wordnet copies the dict files and writes the 45 lexicographer names NLTK's reader checks."""
+    from eval import wordnet
+
+    lines = wordnet.lexnames_text().splitlines()
+    assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[44] == "44\tadj.ppl\t3"
+    with pytest.raises(FileNotFoundError, match="data.noun"):
+        wordnet.install(tmp_path / "nowhere", tmp_path / "nltk")
+    src = tmp_path / "dict"
+    src.mkdir()
+    for f in wordnet.DATA_FILES:
+        (src / f).write_text(f)
+    dest = wordnet.install(src, tmp_path / "nltk")
+    assert dest == tmp_path / "nltk" / "corpora" / "wordnet"
+    assert all((dest / f).read_text() == f for f in wordnet.DATA_FILES) and (dest / "lexnames").is_file()
