@@ -209,7 +209,7 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
     metrics: dict = {}
     if rank == 0:
         raw.eval().save_pretrained(out)
-        metrics = {"step": step, **validate(raw, cfg, device)}
+        metrics = {"step": step, **validate(raw, cfg, device, out)}
         # written last and atomically: `train.launch` takes it as "finished"
         write_json_atomic(out / "metrics.json", metrics, indent=1)
         log.close()
@@ -218,14 +218,18 @@ def train(cfg: VQTrainConfig, out: str | Path, resume: bool = True, bf16: bool |
     return metrics
 
 
-def validate(model, cfg: VQTrainConfig, device: torch.device) -> dict:
-    """PSNR / SSIM / codebook usage on ``val_images`` held-out images (the model is left in train mode)."""
-    from tokenizer.vq_eval import evaluate, load_images
+def validate(model, cfg: VQTrainConfig, device: torch.device, folder: Path | None = None) -> dict:
+    """PSNR / SSIM / codebook usage on ``val_images`` held-out images (the model is left in train mode); with
+    ``folder`` (the saved model) also its config's validation figures, which generation compares inputs against."""
+    from tokenizer.vq_eval import evaluate, load_images, write_validation
 
     model.eval()
     data = "synth" if cfg.data.endswith(".npy") else cfg.data  # a .npy pool is SynthCXR train images
     images = load_images(data, cfg.image_size, cfg.val_images, cfg.seed, cfg.data_format)
     result = evaluate(model, images)
+    if folder is not None:
+        name = "SynthCXR" if data in ("synth", "procedural") else f"{data} ({cfg.data_format})"
+        write_validation(model, folder, images, f"{name}, {cfg.image_size} px, validation images")
     model.train()
     return result
 

@@ -2,6 +2,8 @@
 
 Run: ``python -m tokenizer.vq_eval --model runs/vq-tiny --data synth --size 128 --n 256 --sheet runs/vq-tiny/sheet.png``
 (prints a JSON line; ``--data`` is "synth", "procedural" or a data-set folder read through its validation split).
+``--write-validation "SynthCXR 128 px"`` also stores the reconstruction figures in the model folder's config
+(``validation``), where generation compares every prior against them (`progemu.generation.fidelity`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,27 @@ def reconstruct(model, images: np.ndarray, batch_size: int = 32) -> tuple[np.nda
         recs.append(((model.decode(c).float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
         codes.append(c.cpu().numpy())
     return np.concatenate(recs), np.concatenate(codes)
+
+
+def validation_entry(model, images: np.ndarray, data: str) -> dict:
+    """The config's ``validation`` figures: per-image PSNR / SSIM of ``images`` (held-out images of ``data``)."""
+    from progemu.generation.fidelity import reconstruction_scores, validation_figures
+
+    recs, _ = reconstruct(model, images)
+    return validation_figures([reconstruction_scores(a, b) for a, b in zip(images, recs)], data, images.shape[-1])
+
+
+def write_validation(model, folder: str | Path, images: np.ndarray, data: str) -> dict:
+    """Measure `validation_entry` and save it in ``folder``'s config (the weights are not rewritten)."""
+    from progemu.io import write_json_atomic
+
+    entry = validation_entry(model, images, data)
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config["validation"] = entry
+    write_json_atomic(path, config, indent=2)
+    model.config.validation = entry
+    return entry
 
 
 def evaluate(model, images: np.ndarray, batch_size: int = 32) -> dict[str, float]:
@@ -132,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--sheet", default=None, help="write a contact sheet PNG here")
+    ap.add_argument("--write-validation", metavar="DATA", default=None,
+                    help="store the figures in the model's config as its validation figures, naming the data")
     args = ap.parse_args(argv)
     from progemu.modeling_vq import ProgEmuVQModel
 
@@ -140,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {**evaluate(model, images), **locality(model, images[:64])}
     if args.data == "synth":
         result.update(pair_locality(model, *load_pairs(args.size, 64)))
+    if args.write_validation:
+        result["validation"] = write_validation(model, args.model, images, args.write_validation)
     if args.sheet:
         recs, _ = reconstruct(model, images[:8])
         contact_sheet(images[:8], recs, args.sheet)
