@@ -400,3 +400,22 @@ def test_launch_makes_a_missing_init_folder_from_its_stages_and_tools(tmp_path, 
     launch.ensure_init("runs/demo-grown-10", None)  # present: nothing runs
     launch.ensure_init(None, None)
     assert len(done) == 4
+
+
+@pytest.mark.distributed
+def test_two_ranks_read_disjoint_rows_that_cover_the_split(tmp_path):
+    """torchrun, 2 gloo ranks x 2 data-loader workers: in one epoch the ranks' packed sequences are disjoint and
+    together are every (row, task) of the split exactly once."""
+    import json
+
+    from _train_helpers import REPO, torchrun
+
+    shards = make_shards(tmp_path / "shards", n=24)
+    out = tmp_path / "seen.json"
+    torchrun(2, str(REPO / "tests" / "_stream_worker.py"), [str(shards), str(out)])
+    ranks = [[tuple(x) for x in r] for r in json.loads(out.read_text())]
+    assert len(ranks) == 2 and all(ranks)
+    assert not set(ranks[0]) & set(ranks[1])
+    both = ranks[0] + ranks[1]
+    tasks = ("icg", "report2image", "image2report")
+    assert sorted(both) == sorted(("t", i, task) for i in range(24) for task in tasks)  # each exactly once
