@@ -54,12 +54,7 @@ class ProgEmuTrainer(Trainer):
         ds = self.train_dataset
         if not isinstance(ds, PackedStream):
             return super().get_train_dataloader()
-        a, workers = self.args, self.args.dataloader_num_workers
-        return torch.utils.data.DataLoader(
-            ds, batch_size=self._train_batch_size, collate_fn=self.data_collator, num_workers=workers,
-            pin_memory=a.dataloader_pin_memory, persistent_workers=a.dataloader_persistent_workers and workers > 0,
-            prefetch_factor=a.dataloader_prefetch_factor if workers else None,
-            multiprocessing_context=a.dataloader_multiprocessing_context if workers else None)
+        return stream_loader(ds, self.args, self.data_collator, self._train_batch_size)
 
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
         if isinstance(self.train_dataset, PackedStream):
@@ -107,6 +102,17 @@ class ProgEmuTrainer(Trainer):
 
     def reset_throughput_clock(self) -> None:
         self._last_log_time = time.perf_counter()
+
+
+def stream_loader(stream: PackedStream, args: TrainingArguments, collator: Any,
+                  batch_size: int | None = None) -> torch.utils.data.DataLoader:
+    """The training data loader of a rank: ``dataloader_num_workers`` processes, each its own part of the stream."""
+    workers = args.dataloader_num_workers
+    return torch.utils.data.DataLoader(
+        stream, batch_size=batch_size or args.per_device_train_batch_size, collate_fn=collator, num_workers=workers,
+        pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
+        prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+        multiprocessing_context=args.dataloader_multiprocessing_context if workers else None)
 
 
 class StopAtStep(TrainerCallback):
