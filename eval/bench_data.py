@@ -8,7 +8,7 @@ Makes (once, cached in ``--work``) a code-shard split of ``--rows`` rows at the 
 each in a fresh process, the ``base-pretrain`` run config's data path for one rank (``train.run.train_stream``
 through the trainer's data loader) with 0 and 2 data-loader workers: time to the first batch, real tokens/s
 delivered over ``--seconds``, peak resident memory of the main process and of its workers. The named baseline
-is what the ``base`` model consumes on one H100 (~107k tokens/s, measured with ``eval.bench_train``). Finally the
+is what the ``base`` model consumes on one H100 (~107k tokens/s, its measured train-step throughput). Finally the
 path before streaming (every sequence of the schedule built before step 1, as lists) against a ``--old-timeout``
 budget: how far it got, and the time and memory its first batch would need at 1,000 steps and at the
 ``base-pretrain`` schedule on 8 GPUs, projected from its measured rate.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_TOKENS_PER_S = 107_000  # `base` training on one H100 (bench_train, bf16, packed 4,096-token rows)
+GPU_TOKENS_PER_S = 107_000  # `base` training on one H100 (measured train-step throughput, bf16)
 GRID, CODEBOOK = 32, 1024
 
 
@@ -46,12 +46,12 @@ def make_inputs(work: Path, rows: int) -> tuple[Path, Path]:
 
     shards, proc_dir = work / "shards", work / "proc"
     done = shards / "train" / "dataset_info.json"
-    texts = list(synth_texts(4000, seed=0))
-    if not (proc_dir / "processor_config.json").is_file():
-        tok = train_bpe_tokenizer(texts, vocab_size=1024)
-        ProgEmuProcessor(tok, codebook_size=CODEBOOK, grid_h=GRID, grid_w=GRID).save_pretrained(str(proc_dir))
-    if done.is_file() and len(datasets.load_from_disk(str(shards / "train"))) == rows:
+    if done.is_file() and (proc_dir / "processor_config.json").is_file() and \
+            len(datasets.load_from_disk(str(shards / "train"))) == rows:
         return shards, proc_dir
+    texts = list(synth_texts(4000, seed=0))
+    tok = train_bpe_tokenizer(texts, vocab_size=1024)
+    ProgEmuProcessor(tok, codebook_size=CODEBOOK, grid_h=GRID, grid_w=GRID).save_pretrained(str(proc_dir))
     rng, gen = random.Random(0), np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         parts = []

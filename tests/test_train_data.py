@@ -244,6 +244,9 @@ def test_config_presets_and_errors(tmp_path):
     with pytest.raises(ProgEmuError, match="stop_at_step 7 must lie between 0 and max_steps"):  # before any data
         run_stage("pretrain", ["--output_dir", str(tmp_path / "s"), "--deepspeed", "none", "--max_steps", "7",
                                "--stop_at_step", "7", "--shards", str(tmp_path / "none")], "tiny-pretrain")
+    with pytest.raises(ProgEmuError, match="max_steps must be set"):  # the stream has no length to count epochs by
+        run_stage("pretrain", ["--output_dir", str(tmp_path / "s"), "--deepspeed", "none", "--max_steps", "-1",
+                               "--shards", str(tmp_path / "none")], "tiny-pretrain")
 
 
 def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch):

@@ -162,6 +162,9 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     ``callbacks``: extra `transformers.TrainerCallback` objects (the tests use them to probe the model)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, args = parse_config(argv, default_config)
+    if args.max_steps <= 0:
+        raise ProgEmuError(f"max_steps must be set (> 0, not {args.max_steps}): the training data is an endless "
+                           "stream (epochs reshuffle), the run ends after max_steps steps")
     if model_args.stop_at_step and not 0 < model_args.stop_at_step < args.max_steps:
         raise ProgEmuError(f"stop_at_step {model_args.stop_at_step} must lie between 0 and max_steps ({args.max_steps})")
     set_seed(args.seed)
