@@ -176,6 +176,30 @@ def test_stream_resumes_exactly_without_replaying(tmp_path):
         assert again.sequences_built <= chunks * (kw["buffer"] + 1), k  # nothing before the chunk of row k+1
 
 
+def test_stream_state_round_trip_and_other_layouts(tmp_path):
+    """What a checkpoint saves gives the stream its position back; a checkpoint of another layout (ranks,
+    workers, folders, seed) or none at all leaves the stream at its start."""
+    import datasets
+
+    from train.data import StreamState
+
+    rows = [datasets.Dataset.from_list([{"id": f"a-{i}"} for i in range(30)])]
+    stream = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
+    taken = list(itertools.islice(stream, 5))
+    saved = StreamState(0, 1, 0, stream.sizes(), 1)
+    for row in taken:
+        saved.record(row["data_state"])
+    saved.save(tmp_path / "checkpoint-5")
+    again = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
+    assert StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-5", again)
+    assert again.resume == {0: taken[-1]["data_state"]} and again.resume_batches == 5
+    for other in (StreamState(0, 2, 0, again.sizes(), 1), StreamState(0, 1, 2, again.sizes(), 1),
+                  StreamState(0, 1, 0, [31], 1), StreamState(0, 1, 0, again.sizes(), 2)):
+        fresh = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
+        assert not other.restore(tmp_path / "checkpoint-5", fresh) and fresh.resume == {}
+    assert not StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-9", again)
+
+
 def test_shard_folders_mix_with_their_weights():
     import datasets
 

@@ -74,7 +74,7 @@ class DataArgs:
     prompt_augment: bool = field(default=True, metadata={"help": "sentence shuffle / drop a negative sentence"})
     pack_buffer: int = field(default=512, metadata={
         "help": "sequences built, packed and shuffled together in each data-loader worker (a chunk)"})
-    max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows of the split"})
+    max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows of each shard folder"})
 
 
 def resolve_path(name: str, folder: Path, suffix: str) -> str:
