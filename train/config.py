@@ -153,6 +153,9 @@ def prepare_training_args(ns: dict[str, Any], model_args: ModelArgs) -> None:
         ns["use_cpu"] = True
     # Our collator emits only model inputs; the Trainer must not drop columns it cannot see in forward().
     ns["remove_unused_columns"] = False
+    # The training stream resumes from its own saved position (train.data.StreamState): the Trainer must not
+    # also skip the batches before the checkpoint (it would re-read them all, then start past the position).
+    ns["ignore_data_skip"] = True
     if ns["deepspeed"]:
         single_process_env()
     if ns["deepspeed"] and not torch.cuda.is_available():

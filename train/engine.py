@@ -57,7 +57,7 @@ class ProgEmuTrainer(Trainer):
         return stream_loader(ds, self.args, self.data_collator, self._train_batch_size)
 
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
-        if isinstance(self.train_dataset, PackedStream):
+        if isinstance(self.train_dataset, PackedStream):  # (the run config also sets ignore_data_skip)
             return dataloader  # the stream starts where the checkpoint's data state says: nothing to skip
         return super().get_resumed_dataloader(dataloader, num_batches)
 
