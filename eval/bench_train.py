@@ -14,6 +14,7 @@ makes SynthCXR-sized ones (16x16 codes, report-length texts) and a BPE tokenizer
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -86,19 +87,20 @@ def train_once(flags: list[str], fresh_process: bool = False) -> dict[str, float
     from accelerate.state import AcceleratorState
 
     from train.config import parse_config
-    from train.data import Collator, build_dataset, load_split, processor_builder
+    from train.data import load_sources
     from train.engine import make_trainer
-    from train.run import build_model, load_processor
+    from train.examples import Collator
+    from train.run import build_model, load_processor, train_stream
 
     AcceleratorState._reset_state(reset_partial_state=True)  # each run sets its own precision
     m, d, args = parse_config(flags)
-    rows = load_split(d.shards, d.train_split)
-    proc = load_processor(m, d, rows)
+    sources = load_sources(d.shards, d.train_split)
+    proc = load_processor(m, d, sources[0])
     proc.max_length = d.max_length
-    ds = build_dataset(rows, processor_builder(proc, d.loss_mask), d.tasks, d.max_length, d.packing,
-                       proc.layout.pad_id, args.seed, min_rows=args.max_steps * args.per_device_train_batch_size)
+    ds = train_stream(d, args, proc, sources)
+    sample = list(itertools.islice(train_stream(d, args, proc, sources), 200))  # the rows' real-token share
     torch.manual_seed(0)
-    model = build_model(m, proc, d.max_length)
+    model = build_model(m, proc, d.max_length, d.image_loss_weight, d.text_loss_weight)
     timer = StepTimer()
     trainer = make_trainer(model, args, ds, Collator(proc.layout.pad_id, d.max_length, d.packing))
     trainer.add_callback(timer)
@@ -108,7 +110,7 @@ def train_once(flags: list[str], fresh_process: bool = False) -> dict[str, float
     logs = [h for h in trainer.state.log_history if "tokens_per_second" in h]
     warm = max(1, len(logs) // 4)
     tps = statistics.median(h["tokens_per_second"] for h in logs[warm:])
-    real = ds.real_tokens() / (len(ds) * d.max_length)
+    real = sum(len(r["input_ids"]) for r in sample) / (len(sample) * d.max_length)
     return {"tokens_per_second": tps, "step_s": statistics.median(timer.times[warm:]), "real_token_share": real,
             "final_loss": logs[-1]["loss"], "peak_mem_gib": peak_mem_gib(fresh_process),
             "precision": str(trainer.accelerator.mixed_precision), "attention": model.config._attn_implementation}

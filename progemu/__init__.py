@@ -32,7 +32,6 @@ _EXPORTS: dict[str, str] = {
     "ProgEmuConfig": "progemu.configuration_progemu",
     "ProgEmuForCausalLM": "progemu.modeling_progemu",
     "ProgEmuProcessor": "progemu.processing_progemu",
-    "ProgEmuCollator": "progemu.processing_progemu",
     "ProgEmuVQConfig": "progemu.configuration_vq",
     "ProgEmuVQModel": "progemu.modeling_vq",
     "train_bpe_tokenizer": "progemu.tokenization",

@@ -1,4 +1,4 @@
-"""`ProgEmuProcessor`: text tokenizer + image ingestion + VQ tokenizer -> token sequences, labels, prompts.
+"""`ProgEmuProcessor`: text tokenizer + image ingestion + VQ tokenizer -> the token layout, prompts, parsing.
 
 Sequences (``sequence_order="prompt_prior"``, the default; ``"prior_prompt"`` swaps the two conditions):
 
@@ -13,8 +13,10 @@ Sequences (``sequence_order="prompt_prior"``, the default; ``"prior_prompt"`` sw
 does not use (the prior of ``report2image``, the text of ``report2image``, the prompt of ``image2report``)
 are ignored.
 
+Training examples (labels, loss weights, dropout, augmentation, the collator) are built in ``train/examples.py``
+from these pieces.
+
     proc = ProgEmuProcessor.from_pretrained("runs/finetune-tiny/final")
-    ex = proc.build_example("icg", prior_codes=p, target_codes=t, prompt="...", text="...")
     prompt_ids = proc.build_generation_prompt("icg", prior_codes=p, prompt="...")
     codes, text = proc.parse_generation(generated_ids_after_the_prompt)
 """
@@ -22,47 +24,22 @@ are ignored.
 from __future__ import annotations
 
 import dataclasses
-import random
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
 from progemu.errors import LayoutError, SequenceTooLongError
 from progemu.tokenization import layout_for_tokenizer
 from progemu.vocab import VocabLayout
 
-IGNORE_INDEX = -100
 TASKS = ("icg", "edit", "report2image", "image2report")
 IMAGE_TASKS = ("icg", "edit", "report2image")  # tasks whose output starts with an image
-MASK_MODES: dict[str, frozenset[str]] = {  # which segments carry labels
-    "target": frozenset({"target_image", "target_text", "eos"}),
-    "image": frozenset({"target_image"}),
-    "text": frozenset({"target_text", "eos"}),
-    "all": frozenset({"prompt", "prior", "target_image", "target_text", "eos"}),
-}
-_IMAGE_ROLES = frozenset({"prior", "target_image"})
-_SENTENCE = re.compile(r"(?<=[.!?;])\s+")
-# A sentence that states an absence or a resolution ("No pneumothorax.", "The effusion has resolved.").
-_NEGATIVE = re.compile(r"\b(no|not|without|negative|resolved|absent|free of|unremarkable|clear)\b", re.IGNORECASE)
-
-
-def augment_prompt(prompt: str, rng: random.Random, p: float) -> str:
-    """ProgEmu's prompt augmentation: with probability ``p`` shuffle the sentences, and (independently, with
-    probability ``p``) drop one negative sentence. A one-sentence prompt is returned unchanged."""
-    sents = [s for s in _SENTENCE.split(prompt.strip()) if s]
-    if len(sents) < 2 or p <= 0:
-        return prompt
-    if rng.random() < p:
-        rng.shuffle(sents)
-    negative = [i for i, s in enumerate(sents) if _NEGATIVE.search(s)]
-    if negative and rng.random() < p:
-        del sents[rng.choice(negative)]
-    return " ".join(sents)
+# training options that processor folders saved by earlier versions hold; the run config owns them now
+_LEGACY_TRAINING_KEYS = ("mask_mode", "image_loss_weight", "text_loss_weight")
 
 
 class ProgEmuProcessor(ProcessorMixin):
@@ -74,16 +51,15 @@ class ProgEmuProcessor(ProcessorMixin):
         sequence_order: ``"prompt_prior"`` or ``"prior_prompt"`` (see `ProgEmuConfig`).
         max_length: the model's context; longer sequences raise `SequenceTooLongError`.
         ingest_options: `progemu.data.ingest.IngestOptions` fields (how image files are read).
-        image_loss_weight, text_loss_weight: the per-token ``loss_weights`` of labelled tokens.
-        mask_mode: default loss mask (``target``, ``image``, ``text``, ``all``).
         vq_model: an optional `ProgEmuVQModel` (needed only to turn pixels into codes and back).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_layout: dict | None = None,
                  codebook_size: int | None = None, grid_h: int | None = None, grid_w: int | None = None,
                  sequence_order: str = "prompt_prior", max_length: int | None = None,
-                 ingest_options: dict | None = None, image_loss_weight: float = 1.0, text_loss_weight: float = 1.0,
-                 mask_mode: str = "target", vq_model: Any = None, **kwargs: Any):
+                 ingest_options: dict | None = None, vq_model: Any = None, **kwargs: Any):
+        for key in _LEGACY_TRAINING_KEYS:  # read from older folders, not kept: training takes them from its config
+            kwargs.pop(key, None)
         if vocab_layout is None:
             if None in (codebook_size, grid_h, grid_w):
                 raise LayoutError("ProgEmuProcessor needs vocab_layout, or codebook_size, grid_h and grid_w")
@@ -93,10 +69,7 @@ class ProgEmuProcessor(ProcessorMixin):
         self._check_tokenizer(tokenizer)
         if sequence_order not in ("prompt_prior", "prior_prompt"):
             raise ValueError(f"sequence_order must be 'prompt_prior' or 'prior_prompt', got {sequence_order!r}")
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {sorted(MASK_MODES)}, got {mask_mode!r}")
-        self.sequence_order, self.max_length, self.mask_mode = sequence_order, max_length, mask_mode
-        self.image_loss_weight, self.text_loss_weight = float(image_loss_weight), float(text_loss_weight)
+        self.sequence_order, self.max_length = sequence_order, max_length
         self.ingest_options = dict(ingest_options or {})
         self.vq_model = vq_model
         super().__init__(tokenizer, **kwargs)
@@ -131,8 +104,11 @@ class ProgEmuProcessor(ProcessorMixin):
             codes = codes.view(self.layout.grid_h, self.layout.grid_w)
         return self.layout.codes_to_ids(codes).tolist()
 
-    def _segments(self, task: str, prior: list[int], prompt: list[int], target: list[int],
-                  text: list[int], with_condition: bool) -> list[tuple[str, list[int]]]:
+    def segments(self, prior: list[int], prompt: list[int], target: list[int], text: list[int],
+                 with_condition: bool = True) -> list[tuple[str, list[int]]]:
+        """The (role, ids) segments of a sequence in this processor's order, empty ones left out: ``bos``,
+        ``prompt`` and ``prior`` (the condition, in ``sequence_order``; none when ``with_condition`` is false),
+        ``target_image``, ``target_text``, ``eos``. Training examples and generation prompts both use it."""
         lay = self.layout
         cond = [("prompt", prompt), ("prior", prior)] if with_condition else []
         if self.sequence_order == "prior_prompt":
@@ -140,100 +116,20 @@ class ProgEmuProcessor(ProcessorMixin):
         segs = [("bos", [lay.bos_id]), *cond, ("target_image", target), ("target_text", text), ("eos", [lay.eos_id])]
         return [(role, ids) for role, ids in segs if ids]
 
-    def _check_length(self, n: int, what: str) -> None:
+    def check_length(self, n: int, what: str) -> None:
+        """`SequenceTooLongError` when ``n`` tokens exceed ``max_length`` (``what`` names the sequence)."""
         if self.max_length is not None and n > self.max_length:
             raise SequenceTooLongError(n, self.max_length, what)
 
     @staticmethod
-    def _check_task(task: str, prior_codes: Any, target_codes: Any) -> None:
+    def check_inputs(task: str, prior_codes: Any, target_codes: Any) -> None:
+        """An error unless ``task`` is known and the images it needs are given."""
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
         if task in ("icg", "edit", "image2report") and prior_codes is None:
             raise LayoutError(f"task {task!r} needs prior_codes (the input image)")
         if task in ("icg", "edit", "report2image") and target_codes is None:
             raise LayoutError(f"task {task!r} needs target_codes")
-
-    # ---- training sequences --------------------------------------------------------------------------------
-    def build_example(self, task: str, prior_codes: Any = None, target_codes: Any = None, prompt: str = "",
-                      text: str = "", mask_mode: str | None = None, cfg_dropout: float = 0.0,
-                      prompt_augment: float = 0.0, rng: random.Random | None = None,
-                      changed_code_weight: float = 1.0, prompt_dropout: float = 0.0) -> dict[str, Any]:
-        """One training sequence: ``{"input_ids", "labels", "loss_weights"}`` (python lists) + ``"task"``,
-        ``"dropped_condition"``, ``"dropped_prompt"``.
-
-        ``labels`` equal ``input_ids`` on the segments ``mask_mode`` supervises and -100 elsewhere (the model
-        shifts). ``cfg_dropout``: probability of dropping the prior AND the prompt together (the unconditional
-        branch of classifier-free guidance). ``prompt_dropout``: probability of dropping only the prompt of an
-        icg / edit example and keeping the prior (InstructPix2Pix's text dropout: the ``"prior"`` CFG branch,
-        which guides by the prompt alone), drawn when the condition is kept, so its rate is
-        ``prompt_dropout * (1 - cfg_dropout)``. ``prompt_augment``: see `augment_prompt`.
-        ``changed_code_weight``: loss weight (x the image weight) of the target codes that differ from the prior's
-        code at the same cell (icg / edit): most target codes are copies, learnt early, and the few edited ones
-        would otherwise carry a small share of the loss.
-        """
-        self._check_task(task, prior_codes, target_codes)
-        mode = mask_mode or self.mask_mode
-        if mode not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {sorted(MASK_MODES)}, got {mode!r}")
-        rng = rng or random.Random()
-        drop = cfg_dropout > 0 and rng.random() < cfg_dropout
-        # drawn only when asked for, so runs without it see the same random stream as before
-        drop_prompt = (not drop and prompt_dropout > 0 and task in ("icg", "edit")
-                       and rng.random() < prompt_dropout)
-        if drop_prompt:
-            prompt = ""
-        if prompt and prompt_augment > 0:
-            prompt = augment_prompt(prompt, rng, prompt_augment)
-        prior = self.image_ids(prior_codes) if prior_codes is not None and task != "report2image" else []
-        target = self.image_ids(target_codes) if target_codes is not None and task != "image2report" else []
-        prompt_ids = self.encode_text(prompt) if task != "image2report" else []
-        text_ids = self.encode_text(text) if task != "report2image" else []
-        segs = self._segments(task, prior, prompt_ids, target, text_ids, not drop)
-        ids, labels, weights = [], [], []
-        for role, seg in segs:
-            on = role in MASK_MODES[mode]
-            w = (self.image_loss_weight if role in _IMAGE_ROLES else self.text_loss_weight) if on else 0.0
-            ids += seg
-            labels += seg if on else [IGNORE_INDEX] * len(seg)
-            # not when the condition is dropped (without the prior "changed" means nothing) nor the prompt (without
-            # it the edit is not determined: its labels stay the true follow-up, but at plain weight)
-            if (on and role == "target_image" and changed_code_weight != 1.0 and not drop and not drop_prompt
-                    and len(prior) == len(seg)):
-                weights += [w * changed_code_weight if t != p else w for t, p in zip(seg, prior, strict=True)]
-            else:
-                weights += [w] * len(seg)
-        self._check_length(len(ids), f"{task} sequence")
-        return {"input_ids": ids, "labels": labels, "loss_weights": weights, "task": task,
-                "dropped_condition": drop, "dropped_prompt": drop_prompt}
-
-    def build_from_row(self, row: dict[str, Any], task: str, rng: random.Random | None = None,
-                       **kwargs: Any) -> dict[str, Any] | None:
-        """`build_example` from a code-shard row (docs/architecture.md schema); None if the row lacks what
-        ``task`` needs. ``report2image`` / ``image2report`` use the target image and report, else the prior's."""
-        prior = list(row.get("prior_codes") or []) or None
-        target = list(row.get("target_codes") or []) or None
-        if task in ("icg", "edit"):
-            prompt = row.get("prompt", "") if task == "icg" else row.get("instruction", "")
-            if prior is None or target is None or not (prompt or "").strip():
-                return None
-            return self.build_example(task, prior, target, prompt=prompt, text=row.get("interpretation", ""),
-                                      rng=rng, **kwargs)
-        pairs = [(target, row.get("target_report", "")), (prior, row.get("prior_report", ""))]
-        codes, report = next(((c, r) for c, r in pairs if c is not None and (r or "").strip()), (None, ""))
-        if codes is None:
-            return None
-        if task == "report2image":
-            return self.build_example(task, target_codes=codes, prompt=report, rng=rng, **kwargs)
-        if task == "image2report":
-            return self.build_example(task, prior_codes=codes, text=report, rng=rng, **kwargs)
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-
-    def __call__(self, examples: dict | Sequence[dict], pad_to_multiple_of: int | None = None,
-                 **build_kwargs: Any) -> BatchFeature:
-        """Examples (dicts of `build_example` arguments) -> a padded batch of tensors."""
-        examples = [examples] if isinstance(examples, dict) else list(examples)
-        feats = [self.build_example(**{**build_kwargs, **ex}) for ex in examples]
-        return BatchFeature(ProgEmuCollator(self.layout.pad_id, pad_to_multiple_of)(feats))
 
     # ---- generation ----------------------------------------------------------------------------------------
     def build_generation_prompt(self, task: str = "icg", prior_codes: Any = None, prompt: str = "",
@@ -252,14 +148,14 @@ class ProgEmuProcessor(ProcessorMixin):
             raise LayoutError(f"task {task!r} needs prior_codes (the input image)")
         prior = self.image_ids(prior_codes) if prior_codes is not None and task != "report2image" else []
         prompt_ids = self.encode_text(prompt) if task != "image2report" else []
-        segs = self._segments(task, prior, prompt_ids, [], [], not unconditional)[:-1]  # without <eos>
+        segs = self.segments(prior, prompt_ids, [], [], not unconditional)[:-1]  # without <eos>
         ids = [i for _, seg in segs for i in seg]
         if task in IMAGE_TASKS:
             ids += self.layout.block_template()[: self.layout.header_length].tolist()
             need = len(ids) + self.layout.image_length - self.layout.header_length
         else:
             need = len(ids) + 1
-        self._check_length(need, f"{task} generation prompt plus the image it must generate")
+        self.check_length(need, f"{task} generation prompt plus the image it must generate")
         return ids
 
     def parse_generation(self, ids: Any, task: str = "icg") -> tuple[torch.Tensor | None, str]:
@@ -404,30 +300,4 @@ class ProgEmuProcessor(ProcessorMixin):
         return dataclasses.asdict(options)
 
 
-class ProgEmuCollator:
-    """Right-pads `build_example` outputs into tensors: ``input_ids`` (pad id), ``attention_mask``, ``labels``
-    (-100) and ``loss_weights`` (0) when the features have them. ``pad_to_multiple_of`` rounds the length up."""
-
-    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None):
-        self.pad_id, self.multiple = pad_id, pad_to_multiple_of
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        n = max(len(f["input_ids"]) for f in features)
-        if self.multiple:
-            n = -(-n // self.multiple) * self.multiple
-        out: dict[str, torch.Tensor] = {}
-        fills = {"input_ids": (self.pad_id, torch.long), "labels": (IGNORE_INDEX, torch.long),
-                 "loss_weights": (0.0, torch.float32)}
-        for key, (fill, dtype) in fills.items():
-            if key in features[0]:
-                out[key] = torch.full((len(features), n), fill, dtype=dtype)  # (B, T)
-                for i, f in enumerate(features):
-                    out[key][i, : len(f[key])] = torch.as_tensor(f[key], dtype=dtype)
-        out["attention_mask"] = torch.zeros(len(features), n, dtype=torch.long)
-        for i, f in enumerate(features):
-            out["attention_mask"][i, : len(f["input_ids"])] = 1
-        return out
-
-
-__all__ = ["IGNORE_INDEX", "IMAGE_TASKS", "MASK_MODES", "TASKS", "ProgEmuCollator", "ProgEmuProcessor",
-           "augment_prompt"]
+__all__ = ["IMAGE_TASKS", "TASKS", "ProgEmuProcessor"]

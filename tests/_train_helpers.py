@@ -74,3 +74,22 @@ def run_args(shards: Path, processor: Path, out: Path, *extra: str) -> list[str]
             "--output_dir", str(out), "--model_overrides", TINY_MODEL, "--max_length", "256",
             "--per_device_train_batch_size", "2", "--logging_steps", "1", "--report_to", "none",
             "--disable_tqdm", "true", "--dataloader_num_workers", "0", *extra]
+
+
+TAG_TASKS = ("icg", "edit", "report2image", "image2report")
+
+
+def tagged_builder(row: dict, task: str, rng: random.Random) -> dict:
+    """A stand-in for the example builder whose sequence names its source: the first token encodes the row's
+    id (``"{folder}-{number}"``, folder ``a``..``z`` or a split name) and the task; random length 3-12."""
+    folder, number = row["id"].rsplit("-", 1)
+    tag = 1000 + (int(number) * 32 + (ord(folder[0]) - ord("a"))) * 4 + TAG_TASKS.index(task)
+    n = rng.randrange(3, 13)
+    return {"input_ids": [tag] + [7] * (n - 1), "labels": [tag] + [7] * (n - 1), "loss_weights": None}
+
+
+def untag(tag: int) -> tuple[str, int, str]:
+    """(folder letter, row number, task) of a `tagged_builder` sequence's first token."""
+    rest, task = divmod(int(tag) - 1000, 4)
+    number, folder = divmod(rest, 32)
+    return chr(ord("a") + folder), number, TAG_TASKS[task]

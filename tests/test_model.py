@@ -11,6 +11,7 @@ from progemu.generation.decoder import CounterfactualGenerator, DecodeOptions
 from progemu.modeling_progemu import ProgEmuForCausalLM, image_block_mask
 from progemu.tokenization import add_special_tokens, layout_for_tokenizer
 from tests._progemu_helpers import PROMPT, TEXT, make_model, make_processor, random_codes
+from train.examples import build_example, make_batch
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,8 @@ def proc():
 
 def _batch(proc, **kw):
     prior, target = random_codes(proc, 2)
-    return proc([dict(task="icg", prior_codes=prior, target_codes=target, prompt=PROMPT, text=TEXT),
-                 dict(task="report2image", target_codes=target, prompt=TEXT)], **kw)
+    return make_batch(proc, [dict(task="icg", prior_codes=prior, target_codes=target, prompt=PROMPT, text=TEXT),
+                             dict(task="report2image", target_codes=target, prompt=TEXT)], **kw)
 
 
 def test_save_load_identical_logits_and_auto_classes(proc, tmp_path):
@@ -99,8 +100,7 @@ def test_loss_split_sums(proc):
     torch.testing.assert_close(out.loss.detach(), (out.image_loss * n_i + out.text_loss * n_t) / (n_i + n_t))
     # the processor's per-token weights and the config's per-modality weights give the same weighted loss
     wi, wt = 2.0, 0.5
-    weighted = make_processor(image_loss_weight=wi, text_loss_weight=wt)
-    out_w = model(**_batch(weighted))
+    out_w = model(**_batch(proc, image_loss_weight=wi, text_loss_weight=wt))
     expect = (wi * out.image_loss * n_i + wt * out.text_loss * n_t) / (wi * n_i + wt * n_t)
     torch.testing.assert_close(out_w.loss.detach(), expect)
     model.config.image_loss_weight, model.config.text_loss_weight = wi, wt
@@ -110,7 +110,7 @@ def test_loss_split_sums(proc):
 
 def test_image_block_mask_counts_the_whole_block(proc):
     lay = proc.layout
-    ex = proc.build_example("icg", *random_codes(proc, 2), prompt=PROMPT, text=TEXT)
+    ex = build_example(proc, "icg", *random_codes(proc, 2), prompt=PROMPT, text=TEXT)
     ids = torch.tensor([ex["input_ids"]])
     mask = image_block_mask(ids, lay.boi_id, lay.eoi_id)[0]
     spans = lay.find_images(ids[0])

@@ -1,16 +1,19 @@
-"""Training data: label masks in the batches as configured, packing without cross-contamination, the run config."""
+"""Training data: label masks in the streamed batches as configured, packing without cross-contamination, exact
+resume of the stream, shard mixing, memory independent of the schedule, the run config."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
 import pytest
 import torch
-from _train_helpers import TINY_MODEL, make_processor, make_shards
+from _train_helpers import TINY_MODEL, make_processor, make_shards, tagged_builder, untag
 
 from progemu.errors import ProgEmuError
-from train.data import IGNORE, Collator, SequenceDataset, build_dataset, load_split, pack_lengths, processor_builder
+from train.data import IGNORE, PackedStream, build_rows, load_sources, load_split, make_row, pack_lengths
+from train.examples import Collator, ExampleBuilder
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,19 @@ def fixture(tmp_path_factory):
     root = tmp_path_factory.mktemp("traindata")
     shards = make_shards(root / "shards", n=8)
     proc = ProgEmuProcessor.from_pretrained(str(make_processor(root / "proc")))
-    return load_split(shards, "train"), proc
+    return load_sources(shards, "train"), proc
+
+
+def stream_rows(sources, builder, tasks, packing="pack", n=None, **kw):
+    """The first ``n`` rows of a one-consumer stream (default: its first chunk)."""
+    stream = PackedStream(sources, builder, tasks, 256, packing, **kw)
+    if n is None:
+        rows = []
+        for row in stream:
+            rows.append(row)
+            if row["data_state"]["emitted"] == 0:  # the state after a chunk's last row is the next chunk's start
+                return rows
+    return list(itertools.islice(stream, n))
 
 
 def image_mask(ids: torch.Tensor, lay) -> torch.Tensor:
@@ -39,9 +54,8 @@ def documents(pos: torch.Tensor) -> list[tuple[int, int]]:
 def test_label_masks_in_packed_batches(fixture, mode):
     rows, proc = fixture
     lay = proc.layout
-    proc.image_loss_weight, proc.text_loss_weight = 2.0, 0.5
-    ds = build_dataset(rows, processor_builder(proc, mode), ["icg", "report2image"], 256, "pack", lay.pad_id, 0)
-    batch = Collator(lay.pad_id, 256, "pack")([ds[i] for i in range(len(ds))])
+    build = ExampleBuilder(proc, mode, image_loss_weight=2.0, text_loss_weight=0.5)
+    batch = Collator(lay.pad_id, 256, "pack")(stream_rows(rows, build, ["icg", "report2image"]))
     assert "attention_mask" not in batch and batch["input_ids"].shape[1] == 256
     for ids, labels, weights, pos in zip(batch["input_ids"], batch["labels"], batch["loss_weights"],
                                          batch["position_ids"]):
@@ -83,13 +97,13 @@ def test_packed_rows_do_not_attend_across_sequences(fixture):
     import json
 
     rows, proc = fixture
-    lay = proc.layout
-    ds = build_dataset(rows, processor_builder(proc), ["image2report", "report2image"], 256, "pack", lay.pad_id, 0)
+    packed = stream_rows(rows, ExampleBuilder(proc), ["image2report", "report2image"])
     cfg = proc.model_config("tiny", **json.loads(TINY_MODEL))
     from progemu.modeling_progemu import ProgEmuForCausalLM
 
     model = ProgEmuForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
-    row = next(r for r in (ds[i] for i in range(len(ds))) if len(documents(r["position_ids"])) >= 2)
+    row = {k: torch.as_tensor(v).long() for k, v in next(r for r in packed if len(documents(
+        torch.as_tensor(r["position_ids"]))) >= 2).items() if k != "data_state"}
     with torch.no_grad():
         packed = model(input_ids=row["input_ids"][None], position_ids=row["position_ids"][None], use_cache=False).logits[0]
         for s, e in documents(row["position_ids"]):
@@ -100,10 +114,9 @@ def test_packed_rows_do_not_attend_across_sequences(fixture):
 def test_padding_modes(fixture):
     rows, proc = fixture
     lay = proc.layout
-    build = processor_builder(proc)
+    build = ExampleBuilder(proc)
     for packing in ("group", "pad_max"):
-        ds = build_dataset(rows, build, ["icg"], 256, packing, lay.pad_id, 0)
-        items = [ds[i] for i in range(4)]
+        items = stream_rows(rows, build, ["icg"], packing, n=4)
         batch = Collator(lay.pad_id, 256, packing)(items)
         width = 256 if packing == "pad_max" else max(len(x["input_ids"]) for x in items)
         assert batch["input_ids"].shape == (4, width) and "position_ids" not in batch
@@ -111,14 +124,22 @@ def test_padding_modes(fixture):
         assert torch.all(batch["labels"][batch["attention_mask"] == 0] == IGNORE)
 
 
-def test_rounds_are_deterministic_and_differ(fixture):
+def test_epochs_are_deterministic_and_differ(fixture):
+    """The same seed gives the same stream; each epoch reshuffles and draws its dropout afresh."""
     rows, proc = fixture
-    build = processor_builder(proc, cfg_dropout=0.5)
-    a = build_dataset(rows, build, ["icg"], 256, "pack", proc.layout.pad_id, 3, rounds=2)
-    b = build_dataset(rows, build, ["icg"], 256, "pack", proc.layout.pad_id, 3, rounds=2)
-    assert a.rows == b.rows and all(np.array_equal(x[0], y[0]) for x, y in zip(a.sequences, b.sequences))
-    n = len(a.sequences) // 2
-    assert any(len(a.sequences[i][0]) != len(a.sequences[n + i][0]) for i in range(n))  # fresh dropout draws
+    build = ExampleBuilder(proc, cfg_dropout=0.5)
+    n = 2 * len(rows[0])  # two epochs of one-sequence rows (pad_max: one sequence per row)
+    a = stream_rows(rows, build, ["icg"], "pad_max", n=n, seed=3, buffer=4)
+    b = stream_rows(rows, build, ["icg"], "pad_max", n=n, seed=3, buffer=4)
+    assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))
+    first, second = a[:n // 2], a[n // 2:]
+    assert [x["data_state"]["epochs"] for x in a[:n // 2 - 1]] == [[0]] * (n // 2 - 1)
+    key = [tuple(x["input_ids"].tolist()) for x in first]
+    assert key != [tuple(x["input_ids"].tolist()) for x in second]
+    lens = sorted(len(x["input_ids"]) for x in first), sorted(len(x["input_ids"]) for x in second)
+    assert lens[0] != lens[1]  # fresh dropout draws: other rows lose their condition
+    other = stream_rows(rows, build, ["icg"], "pad_max", n=n, seed=4, buffer=4)
+    assert any(not np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, other))
 
 
 def test_too_long_and_missing_shards_are_clear_errors(fixture, tmp_path):
@@ -126,9 +147,102 @@ def test_too_long_and_missing_shards_are_clear_errors(fixture, tmp_path):
 
     rows, proc = fixture
     with pytest.raises(SequenceTooLongError, match="tokens"):
-        build_dataset(rows, processor_builder(proc), ["icg"], 16, "pack", proc.layout.pad_id, 0)
+        next(iter(PackedStream(rows, ExampleBuilder(proc), ["icg"], 16)))
     with pytest.raises(ProgEmuError, match="no code shards"):
         load_split(tmp_path, "train")
+    with pytest.raises(ProgEmuError, match="no row can serve the tasks"):
+        next(iter(PackedStream(rows, lambda row, task, rng: None, ["icg"], 256)))
+    with pytest.raises(ProgEmuError, match="no row can serve the tasks"):
+        build_rows(rows, lambda row, task, rng: None, ["icg"], 256)
+    with pytest.raises(ProgEmuError, match="one positive weight per shard folder"):
+        PackedStream(rows, ExampleBuilder(proc), ["icg"], 256, weights=[1.0, 2.0])
+
+
+def test_stream_resumes_exactly_without_replaying(tmp_path):
+    """A stream restarted from the state of row k gives the uninterrupted stream's rows k+1, ... and builds only
+    the chunks those rows come from, whatever k (inside a chunk, at its end, in a later epoch)."""
+    import datasets
+
+    rows = [datasets.Dataset.from_list([{"id": f"a-{i}"} for i in range(30)])]
+    kw = dict(seed=7, buffer=10)
+    full = list(itertools.islice(PackedStream(rows, tagged_builder, ["icg", "edit"], 64, **kw), 60))
+    for k in (0, 3, 9, 25, 41):
+        again = PackedStream(rows, tagged_builder, ["icg", "edit"], 64, **kw)
+        again.load_state({0: full[k]["data_state"]}, k + 1)
+        rest = list(itertools.islice(again, 10))
+        for x, y in zip(rest, full[k + 1:]):
+            assert all(np.array_equal(x[f], y[f]) for f in ("input_ids", "labels", "position_ids")), k
+        chunks = full[k + 10]["data_state"]["chunk"] - full[k]["data_state"]["chunk"] + 1  # those rows come from
+        assert again.sequences_built <= chunks * (kw["buffer"] + 1), k  # nothing before the chunk of row k+1
+
+
+def test_stream_state_round_trip_and_other_layouts(tmp_path):
+    """What a checkpoint saves gives the stream its position back; a checkpoint of another layout (ranks,
+    workers, folders, seed) or none at all leaves the stream at its start."""
+    import datasets
+
+    from train.data import StreamState
+
+    rows = [datasets.Dataset.from_list([{"id": f"a-{i}"} for i in range(30)])]
+    stream = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
+    taken = list(itertools.islice(stream, 5))
+    saved = StreamState(0, 1, 0, stream.sizes(), 1)
+    for row in taken:
+        saved.record(row["data_state"])
+    saved.save(tmp_path / "checkpoint-5")
+    again = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
+    assert StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-5", again)
+    assert again.resume == {0: taken[-1]["data_state"]} and again.resume_batches == 5
+    for other in (StreamState(0, 2, 0, again.sizes(), 1), StreamState(0, 1, 2, again.sizes(), 1),
+                  StreamState(0, 1, 0, [31], 1), StreamState(0, 1, 0, again.sizes(), 2)):
+        fresh = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
+        assert not other.restore(tmp_path / "checkpoint-5", fresh) and fresh.resume == {}
+    assert not StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-9", again)
+
+
+def test_shard_folders_mix_with_their_weights():
+    import datasets
+
+    a = datasets.Dataset.from_list([{"id": f"a-{i}"} for i in range(50)])
+    b = datasets.Dataset.from_list([{"id": f"b-{i}"} for i in range(7)])
+    for weights, expect in ((None, 50 / 57), ([3.0, 1.0], 0.75)):
+        # chunks of one sequence: rows come in the order the folders are drawn
+        stream = PackedStream([a, b], tagged_builder, ["icg"], 64, "pad_max", weights=weights, buffer=1)
+        seqs = [untag(r["input_ids"][0]) for r in itertools.islice(stream, 40)]
+        share = sum(folder == "a" for folder, _, _ in seqs) / len(seqs)
+        assert abs(share - expect) <= 1 / len(seqs), (weights, share)
+    # without weights one epoch of the mix is one pass over both folders: every row once
+    stream = PackedStream([a, b], tagged_builder, ["icg"], 64, "pad_max", buffer=1000)
+    seqs = [untag(r["input_ids"][0]) for r in itertools.islice(stream, 57)]
+    assert sorted(seqs) == sorted([("a", i, "icg") for i in range(50)] + [("b", i, "icg") for i in range(7)])
+
+
+def test_first_batch_memory_does_not_grow_with_max_steps(fixture, tmp_path):
+    """What the run builds before its first batch (sequences, and the peak of traced memory) is the same for a
+    10^3- and a 10^7-step schedule."""
+    import tracemalloc
+
+    from transformers import TrainingArguments
+
+    from train.config import DataArgs
+    from train.run import train_stream
+
+    rows, proc = fixture
+    data_args = DataArgs(tasks=["icg", "report2image"], max_length=256, pack_buffer=32)
+    got = []
+    for steps in (10**3, 10**7):
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2,
+                                 report_to="none", use_cpu=True)
+        tracemalloc.start()
+        stream = train_stream(data_args, args, proc, rows)
+        loader = torch.utils.data.DataLoader(stream, batch_size=2, collate_fn=Collator(proc.layout.pad_id, 256))
+        next(iter(loader))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        got.append((stream.sequences_built, peak))
+    (n_small, peak_small), (n_large, peak_large) = got
+    assert n_small == n_large <= data_args.pack_buffer + 2
+    assert peak_large < 1.25 * peak_small + 2**20, got
 
 
 def test_config_presets_and_errors(tmp_path):
@@ -154,6 +268,9 @@ def test_config_presets_and_errors(tmp_path):
     with pytest.raises(ProgEmuError, match="stop_at_step 7 must lie between 0 and max_steps"):  # before any data
         run_stage("pretrain", ["--output_dir", str(tmp_path / "s"), "--deepspeed", "none", "--max_steps", "7",
                                "--stop_at_step", "7", "--shards", str(tmp_path / "none")], "tiny-pretrain")
+    with pytest.raises(ProgEmuError, match="max_steps must be set"):  # the stream has no length to count epochs by
+        run_stage("pretrain", ["--output_dir", str(tmp_path / "s"), "--deepspeed", "none", "--max_steps", "-1",
+                               "--shards", str(tmp_path / "none")], "tiny-pretrain")
 
 
 def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch):
@@ -208,11 +325,11 @@ def test_resume_resolution(tmp_path):
     assert resolve_resume(args).endswith("checkpoint-10")
 
 
-def test_sequence_dataset_first_token_unlabelled():
+def test_packed_row_first_token_unlabelled():
     seqs = [(np.arange(1, 6, dtype=np.int32), np.arange(1, 6, dtype=np.int32), np.ones(5, np.float32))] * 3
-    ds = SequenceDataset(seqs, 16, "pack", 0)
-    row = ds[0]
+    row = make_row(seqs, [0, 1, 2])
     assert row["labels"].tolist().count(IGNORE) == 3 and row["position_ids"].tolist() == [0, 1, 2, 3, 4] * 3
+    assert row["loss_weights"].tolist().count(0.0) == 3 and seqs[0][1][0] == 1  # the sequences are not changed
 
 
 def test_processor_built_from_tokenizer_and_vq_reads_images_at_the_shard_size(tmp_path):
@@ -276,10 +393,11 @@ def test_processor_carries_the_vq_that_encoded_the_shards(tmp_path):
                        old.state_dict()["quantizer.q.project_in.weight"])
 
 
-def test_several_shard_folders_are_concatenated(tmp_path):
+def test_several_shard_folders_are_read(tmp_path):
     a, b = make_shards(tmp_path / "a", n=6, seed=1), make_shards(tmp_path / "b", n=5, seed=2)
     both = load_split(f"{a},{b}", "train")
     assert len(both) == len(load_split(a, "train")) + len(load_split(b, "train"))
+    assert [len(x) for x in load_sources(f"{a}, {b}", "train")] == [6, 5]
     with pytest.raises(ProgEmuError, match="no code shards"):
         load_split(f"{a},{tmp_path / 'missing'}", "train")
 
@@ -309,3 +427,22 @@ def test_launch_makes_a_missing_init_folder_from_its_stages_and_tools(tmp_path, 
     launch.ensure_init("runs/demo-grown-10", None)  # present: nothing runs
     launch.ensure_init(None, None)
     assert len(done) == 4
+
+
+@pytest.mark.distributed
+def test_two_ranks_read_disjoint_rows_that_cover_the_split(tmp_path):
+    """torchrun, 2 gloo ranks x 2 data-loader workers: in one epoch the ranks' packed sequences are disjoint and
+    together are every (row, task) of the split exactly once."""
+    import json
+
+    from _train_helpers import REPO, torchrun
+
+    shards = make_shards(tmp_path / "shards", n=24)
+    out = tmp_path / "seen.json"
+    torchrun(2, str(REPO / "tests" / "_stream_worker.py"), [str(shards), str(out)])
+    ranks = [[tuple(x) for x in r] for r in json.loads(out.read_text())]
+    assert len(ranks) == 2 and all(ranks)
+    assert not set(ranks[0]) & set(ranks[1])
+    both = ranks[0] + ranks[1]
+    tasks = ("icg", "report2image", "image2report")
+    assert sorted(both) == sorted(("t", i, task) for i in range(24) for task in tasks)  # each exactly once

@@ -1,5 +1,6 @@
-"""ZeRO-2 on one rank: an interrupted run resumed from its checkpoint repeats the uninterrupted run's losses, and a
-run told to stop at a step of the same schedule ends as the full run stood at that step."""
+"""ZeRO-2 on one rank: an interrupted run resumed from its checkpoint repeats the uninterrupted run's losses (the data
+stream continues where the checkpoint left it, with 0 or 2 data-loader workers), and a run told to stop at a step of
+the same schedule ends as the full run stood at that step."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ def losses(run_dir, key=None):
 
 
 @pytest.mark.distributed
-def test_zero2_single_rank_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_zero2_single_rank_resume_matches_uninterrupted(tmp_path, workers):
     shards, proc = make_shards(tmp_path / "shards"), make_processor(tmp_path / "proc")
+    # a small packing buffer: the 6 steps span several chunks and two epochs of the 24 rows
     common = ("--deepspeed", "zero2", "--max_steps", "6", "--save_steps", "3", "--precision", "fp32",
-              "--cfg_dropout", "0.3", "--tasks", "report2image", "image2report", "icg")
+              "--cfg_dropout", "0.3", "--tasks", "report2image", "image2report", "icg", "--pack_buffer", "8",
+              "--dataloader_num_workers", str(workers))
     full, cut = tmp_path / "full", tmp_path / "cut"
     torchrun(1, WORKER, run_args(shards, proc, full, *common))
     # checkpoint-3 is exactly what a run interrupted after step 3 leaves behind: resume from it elsewhere
@@ -31,6 +35,10 @@ def test_zero2_single_rank_resume_matches_uninterrupted(tmp_path):
     for step in range(4, 7):  # the steps after the interruption
         assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-6), (step, a[step], b[step])
     assert (cut / "final" / "model.safetensors").is_file()
+    saved = json.loads((full / "checkpoint-3" / "data_state" / "rank0.json").read_text())
+    assert saved["batches"] == 3 and len(saved["states"]) == max(workers, 1)
+    if workers:
+        return  # stop_at_step does not depend on the data loader: checked once
     # stop_at_step 3 of the 6-step schedule: steps 1-3 as the full run, learning rate not annealed, final/ holds
     # exactly the full run's step-3 weights
     stop = tmp_path / "stop"

@@ -38,6 +38,8 @@ def test_zero3_two_ranks_then_consolidated_reload(tmp_path):
     final = out / "final"
     assert (final / "model.safetensors").is_file() and (final / "README.md").is_file()
     assert (out / "loss_curve.png").stat().st_size > 0
+    for rank in (0, 1):  # each rank saved its own data-stream position: 4 batches taken
+        assert json.loads((out / "checkpoint-4" / "data_state" / f"rank{rank}.json").read_text())["batches"] == 4
     logs = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
     assert len(logs) == 4 and all({"image_loss", "text_loss", "learning_rate"} <= set(h) for h in logs)
     assert all("tokens_per_second" in h for h in logs[1:])

@@ -47,7 +47,9 @@ class DataArgs:
     """Where the code shards are, how they become sequences and batches."""
 
     shards: str = field(default="data/shards-128", metadata={
-        "help": "folder with one Arrow folder per split; several folders separated by commas are concatenated"})
+        "help": "folder with one Arrow folder per split; several folders separated by commas are mixed"})
+    shard_weights: list[float] | None = field(default=None, metadata={
+        "help": "one weight per shard folder: the share of training rows each gives (default: their sizes)"})
     train_split: str = "train"
     eval_split: str | None = field(default=None, metadata={"help": "split for eval_loss (e.g. validate); none: off"})
     tasks: list[str] = field(default_factory=lambda: ["report2image", "image2report"],
@@ -70,9 +72,9 @@ class DataArgs:
         "help": "probability of dropping only the prompt of an icg / edit example (trains generate's --cfg-null "
                 "prior branch)"})
     prompt_augment: bool = field(default=True, metadata={"help": "sentence shuffle / drop a negative sentence"})
-    data_rounds: int = field(
-        default=0, metadata={"help": "passes over the data with fresh dropout draws (0: enough for max_steps)"})
-    max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows of the split"})
+    pack_buffer: int = field(default=512, metadata={
+        "help": "sequences built, packed and shuffled together in each data-loader worker (a chunk)"})
+    max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows of each shard folder"})
 
 
 def resolve_path(name: str, folder: Path, suffix: str) -> str:
@@ -126,6 +128,13 @@ def check(model_args: ModelArgs, data_args: DataArgs) -> None:
         raise ProgEmuError(f"packing must be pack, group or pad_max, not {data_args.packing!r}")
     if data_args.loss_mask not in ("target", "image", "text", "all"):
         raise ProgEmuError(f"loss_mask must be target, image, text or all, not {data_args.loss_mask!r}")
+    n_folders = len([r for r in str(data_args.shards).split(",") if r.strip()])
+    if data_args.shard_weights is not None and (len(data_args.shard_weights) != n_folders
+                                                or min(data_args.shard_weights) <= 0):
+        raise ProgEmuError(f"shard_weights {data_args.shard_weights}: need one positive weight per shard folder "
+                           f"({n_folders} in {data_args.shards!r})")
+    if data_args.pack_buffer < 1:
+        raise ProgEmuError(f"pack_buffer must be at least 1, not {data_args.pack_buffer}")
     if model_args.precision not in ("auto", "bf16", "fp32"):
         raise ProgEmuError(f"precision must be auto, bf16 or fp32, not {model_args.precision!r}")
 
@@ -144,6 +153,9 @@ def prepare_training_args(ns: dict[str, Any], model_args: ModelArgs) -> None:
         ns["use_cpu"] = True
     # Our collator emits only model inputs; the Trainer must not drop columns it cannot see in forward().
     ns["remove_unused_columns"] = False
+    # The training stream resumes from its own saved position (train.data.StreamState): the Trainer must not
+    # also skip the batches before the checkpoint (it would re-read them all, then start past the position).
+    ns["ignore_data_skip"] = True
     if ns["deepspeed"]:
         single_process_env()
     if ns["deepspeed"] and not torch.cuda.is_available():

@@ -2,9 +2,11 @@
 
 Why the HF Trainer rather than ``deepspeed.initialize`` by hand: it fills the DeepSpeed JSON's ``"auto"``
 fields from one set of arguments, saves and resumes ZeRO checkpoints together with the scheduler, the RNG
-states of every rank and the data position (so a resumed run repeats an uninterrupted one), and brings
+states of every rank, and brings
 ``report_to`` (TensorBoard, W&B), the progress bar and gradient accumulation. We override only the loss
-(image and text cross-entropy, weighted and logged separately) and the log (tokens per second).
+(image and text cross-entropy, weighted and logged separately), the log (tokens per second) and the training
+data loader: our stream (`train.data.PackedStream`) is already split by rank, and resumes from its own saved
+position (`train.data.StreamState`) instead of replaying the batches before the checkpoint.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from progemu.io import write_json_atomic
-from train.data import SequenceDataset
+from train.data import PackedStream, StreamState
 
 log = logging.getLogger("progemu.train")
 
@@ -39,14 +41,33 @@ class ProgEmuTrainer(Trainer):
         # image CE sum, image tokens, text CE sum, text tokens, real input tokens (since the last log)
         self._acc: torch.Tensor | None = None
         self._last_log_time: float | None = None
+        self.stream_state: StreamState | None = None
+        if isinstance(self.train_dataset, PackedStream):
+            ds = self.train_dataset
+            self.stream_state = StreamState(self.args.process_index, self.args.world_size,
+                                            self.args.dataloader_num_workers, ds.sizes(), ds.seed)
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
-        ds = train_dataset if train_dataset is not None else self.train_dataset
-        if isinstance(ds, SequenceDataset) and ds.packing == "group":
-            gen = torch.Generator().manual_seed(self.args.seed)
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=ds.lengths, generator=gen)
-        return super()._get_train_sampler(train_dataset)
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Our stream as it is: accelerate's preparation would make every rank read the whole stream and keep
+        every world-th batch; the stream already gives each rank (and worker) its own rows. The Trainer moves
+        the batches to the device (``_prepare_inputs``)."""
+        ds = self.train_dataset
+        if not isinstance(ds, PackedStream):
+            return super().get_train_dataloader()
+        return stream_loader(ds, self.args, self.data_collator, self._train_batch_size)
+
+    def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
+        if isinstance(self.train_dataset, PackedStream):  # (the run config also sets ignore_data_skip)
+            return dataloader  # the stream starts where the checkpoint's data state says: nothing to skip
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for batch in batches:
+            state = batch.pop("data_state", None)
+            if state is not None and self.stream_state is not None:
+                self.stream_state.record(state)
+        return batches, num_items
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
@@ -83,6 +104,17 @@ class ProgEmuTrainer(Trainer):
         self._last_log_time = time.perf_counter()
 
 
+def stream_loader(stream: PackedStream, args: TrainingArguments, collator: Any,
+                  batch_size: int | None = None) -> torch.utils.data.DataLoader:
+    """The training data loader of a rank: ``dataloader_num_workers`` processes, each its own part of the stream."""
+    workers = args.dataloader_num_workers
+    return torch.utils.data.DataLoader(
+        stream, batch_size=batch_size or args.per_device_train_batch_size, collate_fn=collator, num_workers=workers,
+        pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
+        prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+        multiprocessing_context=args.dataloader_multiprocessing_context if workers else None)
+
+
 class StopAtStep(TrainerCallback):
     """Save and end the run at ``step`` of a longer schedule (``stop_at_step``): what a run cut off right after
     that step's checkpoint leaves, made repeatable (the demo model's stage 7 ended so on a GPU slot)."""
@@ -95,6 +127,17 @@ class StopAtStep(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class SaveStreamState(TrainerCallback):
+    """Writes each rank's data-stream position into every checkpoint (``data_state/rank{R}.json``)."""
+
+    def __init__(self, trainer: ProgEmuTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.stream_state is not None:
+            self.trainer.stream_state.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 class ThroughputClock(TrainerCallback):
@@ -121,14 +164,15 @@ def attn_implementation(requested: str) -> str:
     return "sdpa"
 
 
-def make_trainer(model: torch.nn.Module, args: TrainingArguments, train_ds: SequenceDataset, collator: Any,
-                 eval_ds: SequenceDataset | None = None, processing_class: Any = None) -> ProgEmuTrainer:
+def make_trainer(model: torch.nn.Module, args: TrainingArguments, train_ds: PackedStream, collator: Any,
+                 eval_ds: Any = None, processing_class: Any = None) -> ProgEmuTrainer:
     if args.gradient_checkpointing:
         # non-reentrant checkpointing works with ZeRO-3 and with frozen embeddings
         args.gradient_checkpointing_kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": False}
     trainer = ProgEmuTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              data_collator=collator, processing_class=processing_class)
     trainer.add_callback(ThroughputClock(trainer))
+    trainer.add_callback(SaveStreamState(trainer))
     return trainer
 
 

@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from transformers import TrainingArguments, set_seed
 
 from progemu.errors import ProgEmuError
 from train.config import DataArgs, ModelArgs, parse_config
-from train.data import Collator, build_dataset, load_split, processor_builder
+from train.data import PackedStream, build_rows, load_sources
 from train.engine import StopAtStep, attn_implementation, last_checkpoint, make_trainer, plot_loss_curve, write_json
+from train.examples import Collator, ExampleBuilder
 
 log = logging.getLogger("progemu.train")
 
@@ -53,8 +53,6 @@ def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any
                                 grid_w=int(row["grid_w"]), vq_model=vq,
                                 ingest_options={"size": int(row["grid_h"]) * f})
     _use_the_shards_vq(proc, data_args, explicit=bool(data_args.processor))
-    proc.mask_mode = data_args.loss_mask
-    proc.image_loss_weight, proc.text_loss_weight = data_args.image_loss_weight, data_args.text_loss_weight
     return proc
 
 
@@ -95,8 +93,30 @@ def _use_the_shards_vq(proc: Any, data_args: DataArgs, explicit: bool) -> None:
     proc.vq_model = vq
 
 
-def build_model(model_args: ModelArgs, processor: Any, max_length: int) -> torch.nn.Module:
-    """From scratch (preset), from a ProgEmu folder or checkpoint, or from a Llama text LLM folder."""
+def example_builder(processor: Any, data_args: DataArgs, train: bool = True) -> ExampleBuilder:
+    """The run's sequences: its loss mask and weights, and (for training only) its random augmentations."""
+    aug = {"cfg_dropout": data_args.cfg_dropout, "prompt_augment": 0.5 if data_args.prompt_augment else 0.0,
+           "changed_code_weight": data_args.changed_code_weight, "prompt_dropout": data_args.prompt_dropout}
+    return ExampleBuilder(processor, mask_mode=data_args.loss_mask, image_loss_weight=data_args.image_loss_weight,
+                          text_loss_weight=data_args.text_loss_weight, **(aug if train else {}))
+
+
+def train_stream(data_args: DataArgs, args: TrainingArguments, processor: Any,
+                 sources: list[Any] | None = None) -> PackedStream:
+    """This rank's training stream. It reads nothing and builds nothing before the first batch is asked for, and
+    does not depend on ``max_steps`` (the Trainer stops it)."""
+    sources = sources or load_sources(data_args.shards, data_args.train_split, data_args.max_samples)
+    return PackedStream(sources, example_builder(processor, data_args), data_args.tasks, data_args.max_length,
+                        data_args.packing, seed=args.seed, weights=data_args.shard_weights,
+                        rank=args.process_index, world=args.world_size,
+                        batch_size=args.per_device_train_batch_size, buffer=data_args.pack_buffer,
+                        where=f"{data_args.shards} ({data_args.train_split})")
+
+
+def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_loss_weight: float = 1.0,
+                text_loss_weight: float = 1.0) -> torch.nn.Module:
+    """From scratch (preset), from a ProgEmu folder or checkpoint, or from a Llama text LLM folder; its config
+    gets the run's loss weights."""
     from transformers import AutoConfig
 
     from progemu.modeling_progemu import ProgEmuForCausalLM
@@ -128,8 +148,8 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int) -> torch
         else:
             raise ProgEmuError(f"{src}: model_type {kind!r} is neither progemu nor llama")
         processor.check_model_config(model.config)
-    model.config.image_loss_weight = processor.image_loss_weight
-    model.config.text_loss_weight = processor.text_loss_weight
+    model.config.image_loss_weight = image_loss_weight
+    model.config.text_loss_weight = text_loss_weight
     if model.config.max_position_embeddings < max_length:
         raise ProgEmuError(f"max_length {max_length} exceeds the model's context {model.config.max_position_embeddings}")
     return model
@@ -142,33 +162,30 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     ``callbacks``: extra `transformers.TrainerCallback` objects (the tests use them to probe the model)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     model_args, data_args, args = parse_config(argv, default_config)
+    if args.max_steps <= 0:
+        raise ProgEmuError(f"max_steps must be set (> 0, not {args.max_steps}): the training data is an endless "
+                           "stream (epochs reshuffle), the run ends after max_steps steps")
     if model_args.stop_at_step and not 0 < model_args.stop_at_step < args.max_steps:
         raise ProgEmuError(f"stop_at_step {model_args.stop_at_step} must lie between 0 and max_steps ({args.max_steps})")
     set_seed(args.seed)
-    rows = load_split(data_args.shards, data_args.train_split, data_args.max_samples)
-    processor = load_processor(model_args, data_args, rows)
+    sources = load_sources(data_args.shards, data_args.train_split, data_args.max_samples)
+    processor = load_processor(model_args, data_args, sources[0])
     processor.max_length = data_args.max_length
-    builder = processor_builder(processor, data_args.loss_mask, data_args.cfg_dropout,
-                                0.5 if data_args.prompt_augment else 0.0,
-                                changed_code_weight=data_args.changed_code_weight,
-                                prompt_dropout=data_args.prompt_dropout)
     pad = processor.layout.pad_id
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    need_rows = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-    train_ds = build_dataset(rows, builder, data_args.tasks, data_args.max_length, data_args.packing, pad,
-                             args.seed, rounds=data_args.data_rounds or 1, min_rows=max(need_rows, 0),
-                             where=str(Path(data_args.shards) / data_args.train_split))
+    train_ds = train_stream(data_args, args, processor, sources)
     eval_ds = None
     if data_args.eval_split:
-        eval_rows = load_split(data_args.shards, data_args.eval_split, data_args.max_samples)
-        eval_ds = build_dataset(eval_rows, processor_builder(processor, data_args.loss_mask), data_args.tasks,
-                                data_args.max_length, data_args.packing, pad, args.seed,
-                                where=str(Path(data_args.shards) / data_args.eval_split))
+        eval_ds = build_rows(load_sources(data_args.shards, data_args.eval_split, data_args.max_samples),
+                             example_builder(processor, data_args, train=False), data_args.tasks,
+                             data_args.max_length, data_args.packing, args.seed, args.per_device_eval_batch_size,
+                             where=f"{data_args.shards} ({data_args.eval_split})")
     if args.process_index == 0:
-        log.info("%s: %d training rows of %d tokens (%d real tokens) from %d shard rows", stage, len(train_ds),
-                 data_args.max_length, train_ds.real_tokens(), len(rows))
-    set_seed(args.seed)  # the model's initial weights do not depend on how much data was built
-    model = build_model(model_args, processor, data_args.max_length)
+        log.info("%s: rows of %d tokens streamed from %s shard rows (%s), %d data-loader workers per rank", stage,
+                 data_args.max_length, "+".join(str(n) for n in train_ds.sizes()), data_args.shards,
+                 args.dataloader_num_workers)
+    set_seed(args.seed)
+    model = build_model(model_args, processor, data_args.max_length, data_args.image_loss_weight,
+                        data_args.text_loss_weight)
     save_run_config(args, stage, model_args, data_args)
     trainer = make_trainer(model, args, train_ds, Collator(pad, data_args.max_length, data_args.packing),
                            eval_ds=eval_ds, processing_class=processor)
@@ -177,6 +194,9 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     for cb in callbacks or []:
         trainer.add_callback(cb)
     resume = resolve_resume(args)
+    if resume is not None and trainer.stream_state.restore(resume, train_ds):
+        log.info("rank %d: data stream resumes after %d batches (%s)", args.process_index,
+                 trainer.stream_state.batches, resume)
     trainer.train(resume_from_checkpoint=resume)
     return finish(trainer, args)
 
