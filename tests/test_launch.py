@@ -95,6 +95,9 @@ def test_multi_node_errors_name_what_to_do(repo):
         launch.main(["finetune", "--config", "tiny-demo-7", "--hostfile", str(hosts), "--ngpus", "8", "--",
                      "--shards", "data/shards-128-smoke", "--processor", "p", "--init_from",
                      "runs/finetune-demo-6/final"])
+    with pytest.raises(SystemExit, match=r"runs/pretrain-base/final is missing"):  # not a stage launch.py knows
+        launch.main(["finetune", "--config", "base-finetune", "--hostfile", str(hosts), "--ngpus", "8", "--",
+                     "--shards", "data/shards-128-smoke"])
     with pytest.raises(SystemExit, match=r"data/shards-128 is missing.*: python -m tokenizer.encode_dataset"):
         launch.main(["pretrain", "--config", "tiny-pretrain-full", "--hostfile", str(hosts), "--ngpus", "8"])
     assert ran == [] and sorted(p.name for p in root.iterdir()) == ["data", "hosts"]

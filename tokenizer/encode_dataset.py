@@ -142,15 +142,16 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
     rank, world, local = _ranks()
     out = Path(out)
     if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        # one GPU per local rank; more ranks than GPUs share them (round robin)
+        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     model = ProgEmuVQModel.from_pretrained(str(model_dir)).to(dev).eval()
     size = size or int(model.config.image_size)
     model.grid_size(size)  # fails early when size is not a multiple of the downsampling factor
     chunks_dir = out / ".chunks"
-    skipped = out / "skipped.jsonl" if rank == 0 else chunks_dir / f"skipped-rank{rank}.jsonl"
-    if rank:
-        skipped.parent.mkdir(parents=True, exist_ok=True)
+    # every rank reads (and so vets) all records: rank 0's log is the job's, the others' are copies
+    skipped = out / ("skipped.jsonl" if rank == 0 else f".skipped-rank{rank}.jsonl")
+    out.mkdir(parents=True, exist_ok=True)
     records = sorted(load_records(data, fmt, skip_invalid=True, skipped_log=skipped), key=lambda r: r.id)
     by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
     state = {"model": str(Path(model_dir).resolve()), "data": str(Path(data).resolve()), "format": fmt,

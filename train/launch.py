@@ -44,7 +44,7 @@ BUILDERS = {
     # the laptop smoke path of tiny-pretrain / tiny-finetune: a small set encoded with the embedded checkpoint's VQ,
     # so that no tokenizer has to be trained before the first step (~1 min on 2 cores)
     "data/synthcxr-128-smoke": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128-smoke",
-                                "--size", "128", "--pairs", "2000", "--workers", "2"],
+                                "--size", "128", "--pairs", "1000", "--workers", "2"],
     "data/shards-128-smoke": [sys.executable, "-m", "tokenizer.encode_dataset", "--model",
                               "progemu/assets/tiny-synthcxr/vq", "--data", "data/synthcxr-128-smoke/icg-cxr", "--out",
                               "data/shards-128-smoke"],
@@ -140,15 +140,17 @@ def ensure_init(init: str | None, ngpus: int | None, multinode: bool = False) ->
     ``multinode``: never train a stage implicitly; a missing folder is an error naming the stage to run."""
     if not init or init in _planned or (REPO / init / "config.json").exists():
         return
-    if multinode and (init in INIT_STAGES or init in DERIVED):
+    if multinode:
         if init in INIT_STAGES:
             stage = INIT_STAGES[init]
             how = f"make {stage[0]}" + (f" CONFIG={stage[2]}" if len(stage) > 2 else "")
-        else:
+        elif init in DERIVED:
             how = _show(DERIVED[init][1])
-        raise LaunchError(f"init_from {init} is missing: a multi-node launch does not train an earlier stage "
-                          f"implicitly. Run that stage first ({how}, with the same NNODES / HOSTFILE if it "
-                          "needs them), or pass another --init_from")
+        else:
+            how = "the stage whose output_dir holds it"
+        raise LaunchError(f"init_from {init} is missing (no config.json): a multi-node launch does not train an "
+                          f"earlier stage implicitly. Run that stage first ({how}, with the same NNODES / HOSTFILE "
+                          "if it needs them), or pass another --init_from")
     if init in INIT_STAGES:
         print(f"{init} is missing: running its stage first ({' '.join(INIT_STAGES[init])})", flush=True)
         main([*INIT_STAGES[init], *(["--ngpus", str(ngpus)] if ngpus else []), *(["--dry-run"] if DRY_RUN else [])])
