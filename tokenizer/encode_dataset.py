@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-chunks", type=int, default=None,
                     help="encode at most N chunks per rank, then stop (a time-sliced job; rerun to finish)")
     args = ap.parse_args(argv)
+    datasets.disable_progress_bars()  # one bar per saved chunk would drown the encoding bar
     counts = encode_dataset(args.model, args.data, args.format, args.out, args.size, args.batch, args.chunk,
                             args.device, max_chunks=args.max_chunks)
     if _ranks()[0] == 0:
