@@ -63,15 +63,17 @@ lint: install  ## ruff
 clean:  ## remove generated runs and data (keeps .venv)
 	rm -rf runs data outputs .pytest_cache
 
-# Training (train/README.md). CONFIG= preset or YAML, NGPUS= ranks per node, NNODES=, HOSTFILE= (deepspeed
-# launcher), RESUME=1 continues the run folder's last checkpoint, ARGS= more run-config flags.
+# Training (train/README.md). CONFIG= preset or YAML, NGPUS= ranks per node, NNODES=, HOSTFILE= (the venv's own
+# deepspeed launcher), RESUME=1 continues the run folder's last checkpoint, ARGS= more run-config flags, DRY_RUN=1
+# prints the commands without running them.
 TRAIN_FLAGS = $(if $(CONFIG),--config $(CONFIG)) $(if $(NGPUS),--ngpus $(NGPUS)) $(if $(NNODES),--nnodes $(NNODES)) \
-	$(if $(HOSTFILE),--hostfile $(HOSTFILE)) $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(ARGS),-- $(ARGS))
+	$(if $(HOSTFILE),--hostfile $(HOSTFILE)) $(if $(filter 1 yes true,$(RESUME)),--resume) \
+	$(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) $(if $(ARGS),-- $(ARGS))
 
-pretrain: install  ## pretrain (tiny preset on SynthCXR; CONFIG= NGPUS= NNODES= HOSTFILE= RESUME=1 ARGS=)
+pretrain: install  ## pretrain (tiny preset on SynthCXR; CONFIG= NGPUS= NNODES= HOSTFILE= RESUME=1 ARGS= DRY_RUN=1)
 	$(BIN)/python -m train.launch pretrain $(TRAIN_FLAGS)
 
-finetune: install  ## fine-tune (tiny preset from the tiny pretrain run; same variables as pretrain)
+finetune: install  ## fine-tune (tiny preset from the embedded checkpoint; same variables as pretrain)
 	$(BIN)/python -m train.launch finetune $(TRAIN_FLAGS)
 
 convert: install  ## ZeRO checkpoint -> Hugging Face folder: make convert CKPT=runs/x/checkpoint-N OUT=runs/x/hf

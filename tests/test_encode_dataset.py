@@ -82,3 +82,39 @@ def test_unreadable_image_is_logged_and_skipped(synth, vq_dir, tmp_path):
     assert sum(counts.values()) == 7
     errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 1 and victim.name in errors[0]["file"] + errors[0]["reason"]
+
+
+def _splits(out) -> dict:
+    info = json.loads((out / "encode_info.json").read_text())
+    return {s: datasets.load_from_disk(str(out / s)).to_dict() for s in info["rows"]}
+
+
+@pytest.mark.distributed
+def test_two_ranks_give_the_one_process_shards_and_resume_with_another_world_size(synth, vq_dir, tmp_path):
+    """torchrun with 2 CPU ranks: disjoint chunks, the same rows in the same order as one process; a run cut off
+    after one chunk per rank is finished by a rerun with one process, with the same result."""
+    from _train_helpers import torchrun
+
+    one = tmp_path / "one"
+    encode_dataset(vq_dir, synth / "icg-cxr", "icg-cxr", one, chunk=2, batch=4, progress=False)
+    expect = _splits(one)
+    n_chunks = len(list((one / ".chunks").glob("*/chunk-*")))
+    assert n_chunks >= 4
+
+    def args(out):
+        return ["--model", str(vq_dir), "--data", str(synth / "icg-cxr"), "--out", str(out), "--chunk", "2",
+                "--batch", "4"]
+
+    two = tmp_path / "two"
+    torchrun(2, "tokenizer.encode_dataset", args(two))
+    assert _splits(two) == expect
+
+    cut = tmp_path / "cut"
+    torchrun(2, "tokenizer.encode_dataset", [*args(cut), "--max-chunks", "1"])
+    done = sorted((cut / ".chunks").glob("*/chunk-*"))
+    assert len(done) == 2 and not (cut / "encode_info.json").exists()  # one chunk each, not the same one
+    stamps = {p: (p / "state.json").stat().st_mtime_ns for p in done}
+    (done[0].parent / f"{done[0].name}.tmp-99999").mkdir()  # what a rank killed while writing leaves
+    counts = encode_dataset(vq_dir, synth / "icg-cxr", "icg-cxr", cut, chunk=2, batch=4, progress=False)
+    assert _splits(cut) == expect and sum(counts.values()) == 8
+    assert {p: (p / "state.json").stat().st_mtime_ns for p in done} == stamps  # finished chunks kept as they were

@@ -2,12 +2,16 @@
 
 Run: ``python -m tokenizer.encode_dataset --model runs/vq-tiny --data data/synthcxr-128/icg-cxr --format icg-cxr
 --out data/shards-128`` (``--batch 32``, ``--chunk 256``, ``--size`` defaults to the tokenizer's image size).
+Sharded: ``torchrun --nproc_per_node=8 -m tokenizer.encode_dataset ...`` (same flags; several nodes:
+``torchrun --nnodes=N --node_rank=R --rdzv_endpoint=HOST:PORT ...`` with ``--out`` on a shared file system).
 
 Columns (docs/architecture.md, "Code shards"): id, task_source, prior_codes, target_codes (row-major h*w lists,
 may be empty), grid_h, grid_w, prompt, interpretation, instruction, prior_report, target_report.
-Resumable: records (sorted by id) are cut into chunks written atomically to ``OUT/.chunks/<split>/``; a rerun
-skips finished chunks, then joins each split into ``OUT/<split>``. A record whose image cannot be read is
-logged to ``OUT/errors.jsonl`` (id, file, reason) and left out; the job goes on.
+Resumable: records (sorted by id) are cut into chunks of ``--chunk`` records, each written atomically to
+``OUT/.chunks/<split>/chunk-K`` by the rank that encoded it; a rerun (with any number of ranks) encodes only the
+missing chunks, then rank 0 joins each split into ``OUT/<split>`` (the same rows in the same order whatever the
+number of ranks). A record whose image cannot be read is logged to ``OUT/errors.jsonl`` (split, id, file, reason)
+and left out; the job goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,9 @@ from tqdm.auto import tqdm
 
 from progemu.data.records import SPLITS, CXRRecord
 from progemu.errors import ProgEmuError
-from progemu.io import write_json_atomic
+from progemu.io import write_json_atomic, write_text_atomic
 
+ERRORS = "errors.json"  # a chunk's unreadable records, inside its folder
 TEXT_COLUMNS = ("prompt", "interpretation", "instruction", "prior_report", "target_report")
 FEATURES = datasets.Features({
     "id": datasets.Value("string"), "task_source": datasets.Value("string"),
@@ -82,6 +88,16 @@ def encode_chunk(model, records: list[CXRRecord], size: int, batch: int, device:
     return rows
 
 
+def _save_chunk(ds: datasets.Dataset, errors: list[dict[str, str]], path: Path) -> None:
+    """The chunk's rows and its unreadable records, written to a private temp folder, then renamed into place:
+    a chunk folder exists only complete (a crash leaves a ``.tmp-*`` folder that a rerun ignores)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    (tmp / ERRORS).write_text(json.dumps(errors))
+    os.replace(tmp, path)
+
+
 def _save_atomic(ds: datasets.Dataset, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -91,48 +107,96 @@ def _save_atomic(ds: datasets.Dataset, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def _sync(world: int, obj: Any = None) -> Any:
+    """A barrier over all ranks that hands rank 0's ``obj`` to every rank."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # gloo also beside GPUs: only small Python objects travel
+        # ranks wait here for the slowest one to finish its chunks, hence the long timeout
+        dist.init_process_group("gloo", timeout=timedelta(hours=24))
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str | Path, size: int | None = None,
-                   batch: int = 32, chunk: int = 256, device: str | None = None, progress: bool = True) -> dict[str, int]:
-    """Encode every record of ``data`` into ``out/<split>``; returns the number of rows per split."""
+                   batch: int = 32, chunk: int = 256, device: str | None = None, progress: bool = True,
+                   max_chunks: int | None = None) -> dict[str, int]:
+    """Encode every record of ``data`` into ``out/<split>``; returns the number of rows per split.
+
+    Under torchrun every rank encodes its share of the missing chunks (on ``cuda:LOCAL_RANK`` where there are
+    GPUs), then rank 0 joins them. ``max_chunks``: encode at most that many chunks per rank, then stop without
+    joining (a time-sliced job; a rerun, with any number of ranks, finishes the rest); returns {} then.
+    """
     from progemu.data.loaders import load_records
     from progemu.modeling_vq import ProgEmuVQModel
 
+    rank, world, local = _ranks()
     out = Path(out)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        # one GPU per local rank; more ranks than GPUs share them (round robin)
+        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     model = ProgEmuVQModel.from_pretrained(str(model_dir)).to(dev).eval()
     size = size or int(model.config.image_size)
     model.grid_size(size)  # fails early when size is not a multiple of the downsampling factor
-    records = sorted(load_records(data, fmt, skip_invalid=True, skipped_log=out / "skipped.jsonl"),
-                     key=lambda r: r.id)
+    chunks_dir = out / ".chunks"
+    # every rank reads (and so vets) all records: rank 0's log is the job's, the others' are copies
+    skipped = out / ("skipped.jsonl" if rank == 0 else f".skipped-rank{rank}.jsonl")
+    out.mkdir(parents=True, exist_ok=True)
+    records = sorted(load_records(data, fmt, skip_invalid=True, skipped_log=skipped), key=lambda r: r.id)
+    by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
     state = {"model": str(Path(model_dir).resolve()), "data": str(Path(data).resolve()), "format": fmt,
              "size": size, "chunk": chunk, "records": len(records)}
-    chunks_dir = out / ".chunks"
     state_file = chunks_dir / "state.json"
-    if state_file.exists() and json.loads(state_file.read_text()) != state:
-        shutil.rmtree(chunks_dir)  # another model / data / chunking: the finished chunks do not apply
-    chunks_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state_file, state)
+    todo: list[tuple[str, int]] = []
+    if rank == 0:
+        if state_file.exists() and json.loads(state_file.read_text()) != state:
+            shutil.rmtree(chunks_dir)  # another model / data / chunking: the finished chunks do not apply
+            (out / "encode_info.json").unlink(missing_ok=True)
+        chunks_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(state_file, state)
+        # chunk k of a split = its records k*chunk..(k+1)*chunk-1 in id order, whatever the world size: so a
+        # rerun with another number of ranks knows which chunks are done
+        todo = [(split, k) for split, recs in by_split.items() for k in range(-(-len(recs) // chunk))
+                if not (chunks_dir / split / f"chunk-{k:05d}").is_dir()]
+    todo = _sync(world, todo)  # rank 0 lists the missing chunks once, so every rank cuts the same list
+    mine = todo[rank::world][:max_chunks]
+    for split, k in tqdm(mine, desc=f"encode (rank {rank}/{world})", disable=not progress):
+        errors: list[dict[str, str]] = []
+        rows = encode_chunk(model, by_split[split][k * chunk : (k + 1) * chunk], size, batch, dev, errors)
+        path = chunks_dir / split / f"chunk-{k:05d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_chunk(datasets.Dataset.from_list(rows, features=FEATURES), [{"split": split, **e} for e in errors],
+                    path)
+    _sync(world)
+    if max_chunks is not None and len(todo) > world * max_chunks:
+        return {}
     counts: dict[str, int] = {}
-    for split in SPLITS:
-        recs = [r for r in records if r.split == split]
-        if not recs:
-            continue
-        parts = []
-        for k in tqdm(range(0, len(recs), chunk), desc=f"encode {split}", disable=not progress):
-            path = chunks_dir / split / f"chunk-{k // chunk:05d}"
-            if not path.exists():
-                errors: list[dict[str, str]] = []
-                rows = encode_chunk(model, recs[k : k + chunk], size, batch, dev, errors)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with (out / "errors.jsonl").open("a") as f:
-                    f.writelines(json.dumps({"split": split, **e}) + "\n" for e in errors)
-                _save_atomic(datasets.Dataset.from_list(rows, features=FEATURES), path)
-            parts.append(datasets.load_from_disk(str(path)))
-        joined = datasets.concatenate_datasets(parts)
-        _save_atomic(joined, out / split)
-        counts[split] = len(joined)
-    write_json_atomic(out / "encode_info.json", {**state, "rows": counts}, indent=1)
-    return counts
+    if rank == 0:
+        errors_all: list[dict[str, str]] = []
+        for split, recs in by_split.items():
+            if not recs:
+                continue
+            paths = [chunks_dir / split / f"chunk-{k:05d}" for k in range(-(-len(recs) // chunk))]
+            for path in paths:
+                if (path / ERRORS).is_file():
+                    errors_all += json.loads((path / ERRORS).read_text())
+            joined = datasets.concatenate_datasets([datasets.load_from_disk(str(p)) for p in paths])
+            _save_atomic(joined, out / split)
+            counts[split] = len(joined)
+        write_text_atomic(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors_all))
+        # written last: `train.launch` takes it as "finished"
+        write_json_atomic(out / "encode_info.json", {**state, "rows": counts}, indent=1)
+    return _sync(world, counts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,11 +208,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=None, help="image side (default: the tokenizer's image_size)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--chunk", type=int, default=256)
-    ap.add_argument("--device", default=None)
+    ap.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK where there are GPUs, else cpu")
+    ap.add_argument("--max-chunks", type=int, default=None,
+                    help="encode at most N chunks per rank, then stop (a time-sliced job; rerun to finish)")
     args = ap.parse_args(argv)
+    datasets.disable_progress_bars()  # one bar per saved chunk would drown the encoding bar
     counts = encode_dataset(args.model, args.data, args.format, args.out, args.size, args.batch, args.chunk,
-                            args.device)
-    print(json.dumps(counts))
+                            args.device, max_chunks=args.max_chunks)
+    if _ranks()[0] == 0:
+        print(json.dumps(counts))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -86,7 +86,12 @@ class SynthSource:
 
 
 class FolderSource:
-    """Images of one split of a data set on disk, resized by the ingestion to ``size`` (cached in memory)."""
+    """Images of one split of a data set on disk, read and resized by the ingestion to ``size`` at every access.
+
+    Nothing is cached: each DataLoader worker holds a copy of the source, and a cache of every decoded image in
+    every worker grows without bound on a MIMIC-size folder. For repeated epochs over a folder whose decoding is
+    the bottleneck, decode it once into a ``.npy`` pool (``ArraySource``, memory-mapped and shared by the
+    workers through the page cache)."""
 
     def __init__(self, root: str | Path, size: int, fmt: str = "icg-cxr", split: str | None = "train"):
         self.size = size
@@ -95,7 +100,6 @@ class FolderSource:
             from progemu.errors import LayoutError
 
             raise LayoutError(f"{root}: no images found (format {fmt!r}, split {split!r})")
-        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -103,9 +107,7 @@ class FolderSource:
     def __getitem__(self, index: int) -> np.ndarray:
         from progemu.data.ingest import IngestOptions, load_image
 
-        if index not in self._cache:
-            self._cache[index] = load_image(self.paths[index], IngestOptions(size=self.size))
-        return self._cache[index]
+        return load_image(self.paths[index], IngestOptions(size=self.size))
 
 
 def list_images(root: str | Path, fmt: str, split: str | None) -> list[Path]:

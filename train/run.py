@@ -139,12 +139,18 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_lo
             model = ProgEmuForCausalLM.from_text_llm(src, processor.layout, sequence_order=processor.sequence_order,
                                                      attn_implementation=impl)
         elif kind == "progemu" and (Path(src) / "model.safetensors").is_file():
-            model = ProgEmuForCausalLM.from_pretrained(src, attn_implementation=impl, dtype=torch.float32)
-        elif kind == "progemu":  # a ZeRO checkpoint folder: gather its fp32 weights
+            model, info = ProgEmuForCausalLM.from_pretrained(src, attn_implementation=impl, dtype=torch.float32,
+                                                             output_loading_info=True)
+            _check_loaded(src, info["missing_keys"], info["unexpected_keys"],
+                          [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", [])])
+        elif kind == "progemu":  # a ZeRO (or sharded) checkpoint folder: gather its fp32 weights
             from train.consolidate import load_weights
 
             model = ProgEmuForCausalLM._from_config(AutoConfig.from_pretrained(src), attn_implementation=impl)
-            model.load_state_dict(load_weights(Path(src)), strict=False)
+            missing, unexpected = model.load_state_dict(load_weights(Path(src)), strict=False)
+            # a tied head is the embedding itself: a checkpoint may store it once
+            tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+            _check_loaded(src, [k for k in missing if k not in tied], unexpected)
         else:
             raise ProgEmuError(f"{src}: model_type {kind!r} is neither progemu nor llama")
         processor.check_model_config(model.config)
@@ -153,6 +159,15 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_lo
     if model.config.max_position_embeddings < max_length:
         raise ProgEmuError(f"max_length {max_length} exceeds the model's context {model.config.max_position_embeddings}")
     return model
+
+
+def _check_loaded(src: str, missing: Any, unexpected: Any, mismatched: Any = ()) -> None:
+    """``init_from`` must hold exactly the model's weights: a missing one would silently stay random."""
+    problems = [f"{what} {sorted(keys)[:8]}{' ...' if len(keys) > 8 else ''} ({len(keys)})"
+                for what, keys in (("missing", list(missing)), ("unexpected", list(unexpected)),
+                                   ("shape-mismatched", list(mismatched))) if keys]
+    if problems:
+        raise ProgEmuError(f"{src}: init_from weights do not match the model: " + "; ".join(problems))
 
 
 def run_stage(stage: str, argv: list[str] | None = None, default_config: str | None = None,
