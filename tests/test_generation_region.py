@@ -156,6 +156,7 @@ def test_relevance_pass_reads_a_training_example_with_the_prior_as_target(tmp_pa
     from progemu.modeling_progemu import ProgEmuForCausalLM
     from progemu.processing_progemu import ProgEmuProcessor
     from tests._gen_helpers import make_model_dir
+    from train.examples import build_example
 
     folder = make_model_dir(tmp_path / "m")
     proc, model = ProgEmuProcessor.from_pretrained(folder), ProgEmuForCausalLM.from_pretrained(folder).eval()
@@ -164,7 +165,7 @@ def test_relevance_pass_reads_a_training_example_with_the_prior_as_target(tmp_pa
     text = "moderate left pleural effusion has developed."
     for task in ("icg", "edit"):
         row = teacher_forced_row(lay, proc.build_generation_prompt(task, prior_codes=codes, prompt=text), codes)
-        example = proc.build_example(task, codes, codes, prompt=text, text="the right lung is clear.")["input_ids"]
+        example = build_example(proc, task, codes, codes, prompt=text, text="the right lung is clear.")["input_ids"]
         target_end = len(example) - len(proc.encode_text("the right lung is clear.")) - 1  # text and <eos> follow
         assert row == example[:target_end]
         with torch.no_grad():
