@@ -65,6 +65,11 @@ def image_metrics(sys: System, data: EvalData, guidance_threshold: float = 0.5) 
         out["guidance_iou"] = _mean([p["iou"] for p in pairs])
         out["guidance_auroc"] = _mean([p["auroc"] for p in pairs])
         out["n_guidance"] = len(pairs)
+        # items where nothing changes (an empty true change region): the map should stay empty there
+        still = [float(np.mean(g)) for g, m in zip(sys.guidance, data.masks) if g is not None and m is not None
+                 and not m.any()]
+        out["guidance_mass_no_change"] = _mean(still)
+        out["n_guidance_no_change"] = len(still)
     return out
 
 

@@ -31,6 +31,7 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("image", "ssim_outside_change", "SSIM outside the change region (vs prior)", True),
     ("image", "guidance_iou", "Guidance map IoU vs true change mask", True),
     ("image", "guidance_auroc", "Guidance map pixel AUROC", True),
+    ("image", "guidance_mass_no_change", "Guidance map mean where nothing changes", False),
     ("demographics", "sex_accuracy", "Sex preserved (model accuracy on output)", True),
     ("demographics", "sex_agreement_with_prior", "Sex agreement output vs prior", True),
     ("demographics", "age_group_accuracy", "Age group preserved (accuracy)", True),

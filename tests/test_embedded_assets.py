@@ -54,6 +54,13 @@ def test_embedded_checkpoint_edits_only_inside_the_mask_and_writes_text(tmp_path
     assert torch.equal(res.codes[outside], prior_codes.to(res.codes.device)[outside])
     assert res.text.strip(), "the interpretation is empty"
     assert res.guidance.shape == (128, 128) and 0.0 <= res.guidance.min() <= res.guidance.max() <= 1.0
+    # the change map lies where the codes changed: a trained VQ spreads a code over ~3 cells at most
+    changed = (res.codes.cpu() != prior_codes).float()
+    near = torch.nn.functional.max_pool2d(changed[None], 7, 1, 3)[0].bool()  # within 3 cells of a change
+    cell = 128 // changed.shape[-1]
+    far = ~np.kron(near.numpy(), np.ones((cell, cell))).astype(bool)
+    assert changed.any() and res.guidance[far].max() < 0.05 and res.guidance.max() > 0.2
+    assert res.prior_reconstruction["psnr"] > 25 and res.warning is None  # SynthCXR: what the tokenizer knows
 
 
 def test_embedded_evaluators_carry_their_heldout_scores():

@@ -158,3 +158,20 @@ def test_wordnet_layout(tmp_path):
     dest = wordnet.install(src, tmp_path / "nltk")
     assert dest == tmp_path / "nltk" / "corpora" / "wordnet"
     assert all((dest / f).read_text() == f for f in wordnet.DATA_FILES) and (dest / "lexnames").is_file()
+
+
+def test_guidance_mass_where_nothing_changes():
+    """``guidance_mass_no_change``: the mean map over items whose true change region is empty; the items with a
+    change give IoU / AUROC and do not enter it."""
+    from eval.metrics import EvalData, System, image_metrics
+
+    s = 16
+    change = np.zeros((s, s), bool)
+    change[4:8, 4:8] = True
+    data = EvalData(ids=["a", "b", "c"], priors=np.zeros((3, s, s), np.float32), targets=None,
+                    masks=[change, np.zeros((s, s), bool), np.zeros((s, s), bool)], references=[""] * 3,
+                    prompted=[{}] * 3, target_labels=[{}] * 3, attributes={})
+    maps = [change.astype(np.float32), np.full((s, s), 0.2, np.float32), np.zeros((s, s), np.float32)]
+    out = image_metrics(System("m", np.zeros((3, s, s), np.float32), [""] * 3, maps), data)
+    assert out["guidance_iou"] == 1.0 and out["n_guidance"] == 1
+    assert out["guidance_mass_no_change"] == pytest.approx(0.1) and out["n_guidance_no_change"] == 2

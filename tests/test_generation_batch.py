@@ -10,6 +10,7 @@ from PIL import Image
 
 from progemu.cli import main
 from progemu.generation import CounterfactualPipeline, DecodeOptions, GenerationItem, PipelineOptions, SamplingOptions
+from progemu.generation.guidance import change_grid, upsample
 from progemu.generation.region import anatomy_map, coverage_grid
 from tests._gen_helpers import make_model_dir
 
@@ -168,7 +169,7 @@ def test_paste_prior_keeps_every_pixel_outside_the_region(pipe):
     item = GenerationItem("p", image=prior, prompt="new consolidation in the right lower lung.", mask=mask)
     base = PipelineOptions(decode=DecodeOptions(max_text_tokens=2), dilate=0, seed=7)
     plain = pipe([item], base)[0]
-    pasted = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=2), dilate=0, seed=7,
+    pasted = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=2), dilate=0, seed=7, region="mask",
                                           paste_prior=True))[0]
     cell = 32 // pipe.layout.grid_h
     inside = np.kron(pasted.edit_mask.numpy(), np.ones((cell, cell))).astype(bool)
@@ -190,7 +191,8 @@ def test_paste_prior_inside_the_mask_keeps_the_cells_whose_codes_were_kept(pipe,
     monkeypatch.setattr(pipe.generator, "generate", keep_left_half)
     item = GenerationItem("k", image=prior, prompt="new consolidation in the right lower lung.",
                           mask=np.ones((32, 32), bool))
-    res = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=1), dilate=0, paste_prior=True))[0]
+    res = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=1), dilate=0, region="mask",
+                                       paste_prior=True))[0]
     changed = res.codes != pipe.processor.encode_images([prior])[0]
     assert bool(res.edit_mask.all()) and not changed[:, :2].any() and changed[:, 2:].all()
     cell = 32 // pipe.layout.grid_w
@@ -250,7 +252,9 @@ def test_generate_command_rejects_contradicting_options(model_dir, tmp_path, cap
     assert main([*args, "--mode", "report2image", "--cfg-null", "prior"]) == 2
     assert main([*args, "--region", "auto", "--guidance", "none"]) == 2
     assert main([*args, "--cfg-prior", "2"]) == 2  # a three-branch scale without three branches
+    assert main([*args, "--paste-prior"]) == 2  # nothing to paste outside of without a region
     err = capsys.readouterr().err
+    assert "paste_prior keeps the prior's pixels outside the edit region" in err
     assert "cfg_null 'prior' needs a prior" in err and "region 'auto' needs a guidance map" in err
     assert "cfg_prior is the prior branch's scale" in err
     assert not (tmp_path / "o").exists()  # nothing started
@@ -264,3 +268,65 @@ def test_report_to_image_and_image_to_report(pipe):
     rep = pipe([GenerationItem("i", image=prior)], PipelineOptions(mode="image2report",
                                                                    decode=DecodeOptions(max_text_tokens=5)))[0]
     assert rep.image is None and isinstance(rep.text, str)
+
+
+def test_change_map_is_where_the_codes_changed_and_empty_when_nothing_changes(pipe, monkeypatch):
+    """guidance = where the model changed the image (its decoded codes against the prior's); relevance = where the
+    prompt asked for a change; a prompt that changes nothing leaves both empty."""
+    prior = np.random.default_rng(8).random((32, 32)).astype(np.float32)
+    codes = pipe.processor.encode_images([prior])[0]
+    mask = np.zeros((32, 32), bool)
+    mask[:, 16:] = True  # the right half may change
+    item = GenerationItem("c", image=prior, prompt="new consolidation in the right lower lung.", mask=mask)
+    res = pipe([item], PipelineOptions(region="mask", dilate=0, decode=DecodeOptions(max_text_tokens=1)))[0]
+    changed = (res.codes != codes).numpy()  # (h, w)
+    assert changed.any() and not changed[:, : changed.shape[1] // 2].any()
+    # the change is the model's: decoded codes against the prior's decoded codes (not the raw prior, which the VQ
+    # never reproduces exactly); locality with a trained VQ: test_embedded_assets
+    dec = pipe.processor.decode_codes(torch.stack([res.codes, codes]))
+    want = upsample(change_grid(dec[0], dec[1], changed.shape), (32, 32))
+    assert res.guidance.shape == (32, 32) and res.guidance.max() > 0
+    np.testing.assert_allclose(res.guidance, want, atol=1e-5)
+    assert res.relevance is not None and res.relevance.max() > 0
+    same = pipe([GenerationItem("s", image=prior, prompt="No significant change. Stable moderate cardiomegaly.")],
+                PipelineOptions(region="auto", tau=0.2, decode=DecodeOptions(max_text_tokens=1)))[0]
+    assert same.guidance.max() == 0.0 and same.relevance.max() == 0.0
+
+
+def test_prior_reconstruction_is_recorded_and_an_unfamiliar_input_warned(model_dir, tmp_path):
+    """record.json holds the prior's PSNR / SSIM through the tokenizer; below the VQ's validation figures the
+    results line and the console carry a warning that names the figure and the training data."""
+    from progemu.generation.fidelity import reconstruction_scores
+
+    manifest, out = _manifest(tmp_path), tmp_path / "out"
+    args = ["generate", "--model", str(model_dir), "--input", str(manifest), "--out", str(out), "--no-progress",
+            "--max-text-tokens", "2", "--device", "cpu"]
+    main(args)
+    rec = json.loads((out / "ok1" / "record.json").read_text())
+    pipe = CounterfactualPipeline.from_pretrained(model_dir, device="cpu")
+    prior = pipe.load_prior(tmp_path / "p1.png")
+    recon = pipe.processor.decode_codes(pipe.processor.encode_images([prior]))[0]
+    assert rec["prior_reconstruction"] == reconstruction_scores(prior, recon)
+    assert all("warning" not in json.loads(x) for x in (out / "results.jsonl").read_text().splitlines())
+
+    vq_config = model_dir / "vq" / "config.json"
+    saved = vq_config.read_text()
+    try:  # a tokenizer whose own validation images reconstruct far better than these random priors
+        config = json.loads(saved)
+        config["validation"] = {"data": "SynthCXR 32 px", "psnr": 40.0, "psnr_p01": 38.0, "ssim": 0.99,
+                                "ssim_p01": 0.98}
+        vq_config.write_text(json.dumps(config))
+        result = subprocess_run(args[:6] + [str(tmp_path / "out2"), *args[7:]])
+    finally:
+        vq_config.write_text(saved)
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "out2" / "results.jsonl").read_text().splitlines())}
+    assert "PSNR" in rows["ok1"]["warning"] and "SynthCXR 32 px" in rows["ok1"]["warning"]
+    assert "warning: item 'ok1'" in result.stderr
+
+
+def subprocess_run(argv):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "progemu", *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})

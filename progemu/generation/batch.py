@@ -170,10 +170,12 @@ class BatchRunner:
             samples.append(entry)
         first = results[0]
         files: dict[str, Any] = {}
-        if first.guidance is not None:
-            write_npy(folder / "guidance.npy", first.guidance.astype(np.float32))
-            write_png(folder / "guidance.png", overlay(first.prior, first.guidance))
-            files = {"guidance_png": "guidance.png", "guidance_npy": "guidance.npy"}
+        # guidance: where the model changed the image; relevance: where the prompt asked it to (guidance.py)
+        for name, heat in (("guidance", first.guidance), ("relevance", first.relevance)):
+            if heat is not None:
+                write_npy(folder / f"{name}.npy", heat.astype(np.float32))
+                write_png(folder / f"{name}.png", overlay(first.prior, heat))
+                files.update({f"{name}_png": f"{name}.png", f"{name}_npy": f"{name}.npy"})
         if first.warning:  # the input lies far outside what the checkpoint knows: said with the result, and aloud
             files["warning"] = first.warning
             tqdm.write(f"progemu generate: warning: item {item.id!r}: {first.warning}", file=sys.stderr)

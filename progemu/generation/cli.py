@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     r.add_argument("--dilate", type=int, default=1, help="grow edit masks by this many code cells")
     r.add_argument("--guidance", choices=(*METHODS, "none"), default="kl")
     r.add_argument("--paste-prior", action="store_true",
-                   help="keep the prior's pixels outside the edit region (the VQ decoder alters copied codes' pixels)")
+                   help="keep the prior's pixels outside the edit region (the VQ decoder alters copied codes' pixels); "
+                        "needs --region mask, anatomy or auto")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK where there are GPUs, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--overwrite", action="store_true", help="redo items that are already finished")

@@ -25,7 +25,7 @@ import torch
 from progemu.errors import ProgEmuError
 from progemu.generation.decoder import CounterfactualGenerator, DecodeOptions
 from progemu.generation.fidelity import reconstruction_scores, unfamiliar
-from progemu.generation.guidance import METHODS, auto_edit_mask, relevance_grid, upsample
+from progemu.generation.guidance import METHODS, auto_edit_mask, change_grid, relevance_grid, upsample
 from progemu.generation.region import (
     REGION_SOURCES,
     anatomy_map,
@@ -77,6 +77,9 @@ class PipelineOptions:
             raise ValueError(f"guidance must be one of {(*METHODS, 'none')}, got {self.guidance!r}")
         if self.region == "auto" and self.guidance == "none":
             raise ValueError("region 'auto' needs a guidance map (guidance 'kl' or 'nll')")
+        if self.paste_prior and self.region == "none":
+            raise ValueError("paste_prior keeps the prior's pixels outside the edit region, and region 'none' sets no "
+                             "region: use region 'mask' (the manifest's masks), 'anatomy' or 'auto'")
         if self.num_samples < 1:
             raise ValueError("num_samples must be >= 1")
         if self.cfg_null not in CFG_NULLS:
@@ -113,7 +116,8 @@ class GenerationResult:
     image: np.ndarray | None = None  # (H, W) float32 in [0, 1]
     codes: torch.Tensor | None = None  # (h, w)
     prior: np.ndarray | None = None  # (H, W) float32 in [0, 1]
-    guidance: np.ndarray | None = None  # (H, W) float32 in [0, 1]
+    guidance: np.ndarray | None = None  # (H, W) float32 in [0, 1]: where the model changed the image (change map)
+    relevance: np.ndarray | None = None  # (H, W) float32 in [0, 1]: where the prompt asked it to (relevance x anatomy)
     edit_mask: torch.Tensor | None = None  # (h, w) bool, True = sampled
     region: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -243,6 +247,7 @@ class CounterfactualPipeline:
                 raise ProgEmuError(f"item {it.id!r}: empty prompt")
         # one image at a time through the VQ: an item's codes and pixels then never depend on its batch neighbours
         codes = torch.cat([proc.encode_images([p]) for p in priors]) if needs_prior else None  # (B, h, w)
+        # (scores, warning, the prior decoded from its own codes): the change map compares the output against it
         fidelity = [self.prior_fidelity(priors[i], codes[i]) for i in range(n)] if needs_prior else [None] * n
         t_load = time.perf_counter() - t0
         task = {"counterfactual": opts.task, "report2image": "report2image", "image2report": "image2report"}[opts.mode]
@@ -266,8 +271,9 @@ class CounterfactualPipeline:
                 mask, anatomy, regions[i] = self.region_mask(it, opts, priors[i].shape,
                                                              None if relevance is None else relevance[i])
                 masks.append(mask)
-                if relevance is not None:  # G = R x anatomical prior (InstructX2X)
-                    guid_grids[i] = relevance[i] * (anatomy if anatomy is not None else 1.0)
+                if relevance is not None:  # G = R x anatomical prior (InstructX2X); none where nothing is to change
+                    no_change = it.mask is None and not it.region and asks_no_change(it.prompt)
+                    guid_grids[i] = relevance[i] * (0.0 if no_change else anatomy if anatomy is not None else 1.0)
         t_guid = time.perf_counter() - t1
         k = opts.num_samples
         rep = [i for i in range(n) for _ in range(k)]  # item index of every row
@@ -287,8 +293,16 @@ class CounterfactualPipeline:
                                       options=opts.decode)
         images = (np.concatenate([proc.decode_codes(c[None]) for c in out.codes])
                   if out.codes is not None else None)  # (B*k, H, W)
+        changes = [None] * len(rep)  # where the model acted: its decoded codes against the prior's, per row
+        if images is not None and needs_prior:
+            changes = [upsample(change_grid(images[row], fidelity[i][2], (lay.grid_h, lay.grid_w)), priors[i].shape)
+                       for row, i in enumerate(rep)]
         seconds = {"load": t_load, "guidance": t_guid, **{f"decode_{a}": b for a, b in out.seconds.items()}}
         results = []
+        if opts.paste_prior:  # say so where an item has no region to paste outside of (e.g. no known finding named)
+            for i in range(n):
+                if masks is not None and masks[i] is None:
+                    regions[i]["paste_prior"] = "no edit region for this item: nothing pasted"
         if images is not None and edit_mask is not None and opts.paste_prior:
             # the VQ decoder spreads a changed code over about one neighbouring cell: that ring is decoded too
             decoded = edit_mask.cpu() & dilate(out.codes.cpu() != prior.cpu(), PASTE_RING)
@@ -300,17 +314,18 @@ class CounterfactualPipeline:
                 id=items[i].id, sample=row % k, seed=seeds[row], text=text,
                 image=None if images is None else images[row], codes=None if out.codes is None else out.codes[row],
                 prior=priors[i], edit_mask=None if edit_mask is None else edit_mask[row], region=regions[i],
-                guidance=None if g is None or priors[i] is None else upsample(g, priors[i].shape),
+                guidance=changes[row], relevance=None if g is None or priors[i] is None else upsample(g, priors[i].shape),
                 seconds=seconds, prior_reconstruction=None if fidelity[i] is None else fidelity[i][0],
                 warning=None if fidelity[i] is None else fidelity[i][1]))
         return results
 
-    def prior_fidelity(self, prior: np.ndarray, codes: torch.Tensor) -> tuple[dict[str, float], str | None]:
-        """The prior's reconstruction PSNR / SSIM through the tokenizer and the warning they call for, if any."""
+    def prior_fidelity(self, prior: np.ndarray, codes: torch.Tensor) -> tuple[dict[str, float], str | None, np.ndarray]:
+        """The prior's reconstruction PSNR / SSIM through the tokenizer, the warning they call for (or None), and the
+        reconstruction itself (H, W)."""
         recon = self.processor.decode_codes(codes[None])[0]
         if recon.shape != prior.shape:  # compare at the prior's size
             t = torch.as_tensor(recon, dtype=torch.float32)[None, None]
             recon = torch.nn.functional.interpolate(t, size=prior.shape, mode="bilinear")[0, 0].numpy()
         scores = reconstruction_scores(prior, recon)
         config = getattr(self.processor.vq_model, "config", None)
-        return scores, unfamiliar(scores, getattr(config, "validation", None))
+        return scores, unfamiliar(scores, getattr(config, "validation", None)), recon
