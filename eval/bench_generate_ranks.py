@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-ranks-"))
     man = manifest(Path(a.data), a.items, work / "manifest.jsonl")
-    paths = {f"1 process, {a.threads} thread(s)": 1, f"{a.ranks} processes (torchrun), {a.threads} thread(s) each": a.ranks}
+    paths = {f"1 process, {a.threads} thread(s)": 1,
+             f"{a.ranks} processes (torchrun), {a.threads} thread(s) each": a.ranks}
     times: dict[str, list[float]] = {k: [] for k in paths}
     summaries: dict[str, dict] = {}
     for rep in range(a.repeats):

@@ -48,7 +48,7 @@ def _manifest(tmp_path):
         {"id": "bad-mask", "image": "p1.png", "prompt": "cardiomegaly is unchanged.", "mask": "colour.png"},
         {"id": "no-file", "image": "missing.png", "prompt": "cardiomegaly is unchanged."},
     ]
-    text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n"
+    text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n" + json.dumps(lines[0]) + "\n"  # + a duplicate
     (tmp_path / "manifest.jsonl").write_text(text)
     return tmp_path / "manifest.jsonl"
 
@@ -62,7 +62,8 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     status = {r["id"]: r["status"] for r in rows}
     assert status == {"ok1": "ok", "ok2": "ok", "bad-image": "error", "bad-prompt": "error", "bad-mask": "error",
-                      "no-file": "error", "line-7": "error"}
+                      "no-file": "error", "line-7": "error", "line-8": "error"}
+    assert len(rows) == 8 and "duplicate id 'ok1'" in next(r["error"] for r in rows if r["id"] == "line-8")
     errors = {r["id"]: r["error"] for r in rows if r["status"] == "error"}
     assert "broken.png" in errors["bad-image"] and "colour.png" in errors["bad-mask"]
     assert "missing.png" in errors["no-file"] and "prompt" in errors["bad-prompt"]
@@ -84,7 +85,7 @@ def test_batch_command_records_errors_and_resumes(model_dir, tmp_path):
     main(args)
     assert (out / "ok2" / "record.json").stat().st_mtime_ns == stamp  # finished item skipped
     assert (out / "ok1" / "counterfactual.png").read_bytes() == before  # redone, same seed, same image
-    assert len((out / "results.jsonl").read_text().splitlines()) == 7
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8
 
     # other options, another input file or other weights: the finished items are redone, not reused
     record = out / "ok2" / "record.json"

@@ -88,10 +88,11 @@ def test_resume_with_another_number_of_ranks_finishes_only_what_is_missing(job, 
     out = tmp_path / "out"
     assert main(_args(root, model, out, "--batch-size", "3")) == 1
     lost = ["item2", "item7"]
-    for item in lost:  # as if the rank that had them died: no record, its files partly written
-        (out / item / "record.json").unlink()
-    stamps = {i: (out / i / "record.json").stat().st_mtime_ns for i in ids if i not in lost + ["broken"]}
     before = {i: (out / i / "counterfactual.png").read_bytes() for i in lost}
+    for item in lost:  # as if the rank that had them died: no record, an image half written
+        (out / item / "record.json").unlink()
+        (out / item / "counterfactual.png").write_bytes(before[item][:40])
+    stamps = {i: (out / i / "record.json").stat().st_mtime_ns for i in ids if i not in lost + ["broken"]}
 
     done = _torchrun(_args(root, model, out, "--batch-size", "3"))
     assert done.returncode == 1, done.stderr[-3000:]
@@ -118,7 +119,10 @@ def test_merge_takes_records_then_newest_errors_and_ignores_torn_lines(tmp_path)
     rows = _results(tmp_path)
     assert [r["id"] for r in rows] == ["a", "b", "line-3", "c"]
     assert rows[0] == {"id": "a", "status": "ok", "x": 1} and rows[1] == {"id": "b", "status": "error", "error": "new"}
-    assert statuses == {"a": "ok", "b": "error", "line-3": "error", "c": "pending"}
+    assert statuses == ["ok", "error", "error", "pending"]
+    ResultLog(tmp_path, 1).append([{"id": "c", "status": "error", "error": "late"}])  # the next run of rank 1
+    merge_results(tmp_path, entries, lambda e: None)
+    assert _results(tmp_path)[3] == {"id": "c", "status": "error", "error": "late"}  # not glued to the torn line
 
 
 def test_ranks_from_the_launchers_variables():

@@ -36,8 +36,6 @@ _ADDED_OPTIONS = {"cfg_null": "unconditional"}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
-
-
 def write_png(path: Path, arr: np.ndarray) -> None:
     """(H, W) float in [0, 1] or uint8 (H, W[, 3]) -> PNG."""
     if arr.dtype != np.uint8:
@@ -90,8 +88,9 @@ def read_manifest(path: str | Path, mode: str) -> list[GenerationItem | dict]:
             problem = "empty prompt"
         elif obj.get("mask") is not None and not isinstance(obj.get("mask"), str):
             problem = "'mask' must be a path"
-        if problem:
-            out.append({"id": item_id or f"line-{n}", "status": "error", "error": f"{where}: {problem}"})
+        if problem:  # a duplicate's line is named by its line number: every line of results.jsonl has its own id
+            bad_id = item_id if item_id and item_id not in seen else f"line-{n}"
+            out.append({"id": bad_id, "status": "error", "error": f"{where}: {problem}"})
             continue
         seen.add(item_id)
         out.append(GenerationItem(
@@ -170,6 +169,11 @@ class BatchRunner:
             samples.append(entry)
         first = results[0]
         files: dict[str, Any] = {}
+        for r in results[1:]:  # each further sample's own change map (the first's is guidance.png below)
+            if r.guidance is not None:
+                write_npy(folder / f"guidance-{r.sample}.npy", r.guidance.astype(np.float32))
+                write_png(folder / f"guidance-{r.sample}.png", overlay(r.prior, r.guidance))
+                samples[r.sample]["guidance"] = f"guidance-{r.sample}.png"
         # guidance: where the model changed the image; relevance: where the prompt asked it to (guidance.py)
         for name, heat in (("guidance", first.guidance), ("relevance", first.relevance)):
             if heat is not None:
@@ -230,6 +234,8 @@ class BatchRunner:
             share = todo[k * self.batch_size: (k + 1) * self.batch_size]
             batch: list[tuple[GenerationItem, GenerationItem]] = []
             for item in share:
+                if self.overwrite:  # the old record must not stand for this run's result if the item now fails
+                    (self.out / item.id / "record.json").unlink(missing_ok=True)
                 try:
                     batch.append((self._prepare(item), item))
                 except (ProgEmuError, OSError, ValueError) as err:
@@ -247,8 +253,10 @@ class BatchRunner:
         if rank == 0:
             statuses = merge_results(self.out, entries, self._finished)
             skipped = len(items) - len(todo)
-            errors = sum(s != "ok" for s in statuses.values())
-            counts = {"ok": len(statuses) - errors - skipped, "error": errors, "skipped": skipped}
+            pending = sum(s == "pending" for s in statuses)
+            errors = sum(s == "error" for s in statuses)
+            counts = {"ok": len(statuses) - errors - pending - skipped, "error": errors, "skipped": skipped,
+                      "pending": pending}
             if world > 1:
                 done = [s["done_s"] for s in shares]
                 # how much longer the last rank ran than the first: what the claiming of batches leaves unbalanced

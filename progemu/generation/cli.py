@@ -57,7 +57,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     r.add_argument("--dilate", type=int, default=1, help="grow edit masks by this many code cells")
     r.add_argument("--guidance", choices=(*METHODS, "none"), default="kl")
     r.add_argument("--paste-prior", action="store_true",
-                   help="keep the prior's pixels outside the edit region (the VQ decoder alters copied codes' pixels); "
+                   help="keep the prior's pixels outside the edit region (the VQ decoder alters copied codes' "
+                        "pixels); "
                         "needs --region mask, anatomy or auto")
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK where there are GPUs, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
@@ -94,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"progemu generate: error: {err}", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    try:  # the launch first (a rank without MASTER_ADDR says so at once), then the weights
+        group = Group(ranks)
+    except ProgEmuError as err:
+        print(f"progemu generate: error: {err}", file=sys.stderr)
+        return 2
     pipe = CounterfactualPipeline.from_pretrained(args.model, device=device, dtype=dtype)
-    group = Group(ranks)
     try:
         counts = BatchRunner(pipe, args.out, opts, batch_size=args.batch_size, overwrite=args.overwrite,
                              progress=not args.no_progress).run(args.input, group)

@@ -21,18 +21,23 @@ PSNR_MARGIN_DB = 1.0
 SSIM_MARGIN = 0.03
 
 
+PSNR_CAP_DB = 100.0  # an exact reconstruction (infinite PSNR) is recorded as this, so that JSON stays valid
+
+
 def reconstruction_scores(image: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
-    """PSNR (dB) and SSIM of (H, W) images in [0, 1] (data range 1), as the tokenizer's validation computes them."""
+    """PSNR (dB, at most `PSNR_CAP_DB`) and SSIM of (H, W) images in [0, 1] (data range 1), as the tokenizer's
+    validation computes them."""
     a, b = np.clip(image, 0, 1).astype(np.float64), np.clip(reconstruction, 0, 1).astype(np.float64)
-    psnr = peak_signal_noise_ratio(a, b, data_range=1.0) if not np.array_equal(a, b) else float("inf")
+    psnr = min(peak_signal_noise_ratio(a, b, data_range=1.0), PSNR_CAP_DB) if not np.array_equal(a, b) else PSNR_CAP_DB
     return {"psnr": round(float(psnr), 3), "ssim": round(float(structural_similarity(a, b, data_range=1.0)), 4)}
 
 
 def validation_figures(scores: list[dict[str, float]], data: str, image_size: int) -> dict[str, Any]:
     """The ``validation`` entry of a VQ config from per-image scores on held-out images of ``data``."""
+    if not scores:
+        raise ValueError("validation figures need at least one held-out image")
     psnr = np.array([s["psnr"] for s in scores], np.float64)
     ssim = np.array([s["ssim"] for s in scores], np.float64)
-    psnr = psnr[np.isfinite(psnr)]
     return {"data": data, "image_size": int(image_size), "n_images": len(scores),
             "psnr": round(float(psnr.mean()), 3), "psnr_p01": round(float(np.percentile(psnr, 1)), 3),
             "ssim": round(float(ssim.mean()), 4), "ssim_p01": round(float(np.percentile(ssim, 1)), 4)}

@@ -13,6 +13,7 @@ static step runs eagerly (no graphs there), which is how its results are tested 
 from __future__ import annotations
 
 import torch
+from transformers import StaticCache
 
 from progemu.modeling_progemu import no_cudnn_attention
 
@@ -21,8 +22,8 @@ class StaticStep:
     """Runs ``decoder`` one column at a time over a ``StaticCache`` of ``max_length`` slots, ``mask`` (R, L) being
     the prompt's attention mask (0 on left padding) already in the cache."""
 
-    def __init__(self, decoder: torch.nn.Module, cache, cache_kw: str, mask: torch.Tensor, max_length: int,
-                 dtype: torch.dtype):
+    def __init__(self, decoder: torch.nn.Module, cache: StaticCache, cache_kw: str, mask: torch.Tensor,
+                 max_length: int, dtype: torch.dtype):
         rows, filled = mask.shape
         device = mask.device
         self.decoder, self.cache, self.cache_kw = decoder, cache, cache_kw

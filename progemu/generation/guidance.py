@@ -5,8 +5,9 @@ Two maps per counterfactual, both in [0, 1] at the image's size:
 - the **change map** (``guidance.npy``, the one evaluated): where the model changed the image, the mean
   absolute difference between the counterfactual's codes and the prior's codes, both decoded by the VQ, per code
   cell, divided by `CHANGE_SCALE` (a cell whose pixels moved by 10% of the intensity range on average is 1) and
-  smoothed bilinearly at the code scale. It is exactly 0 where the model kept the prior's codes, so a prompt that
-  changes nothing gives an empty map;
+  smoothed bilinearly at the code scale. It is exactly 0 when the model kept every code of the prior (a prompt
+  that changes nothing gives an empty map), and a changed code shows over its neighbourhood as far as the VQ
+  decoder spreads it (~1-3 cells for the embedded tokenizer);
 - the **relevance map** (``relevance.npy``): where the prompt pulls the model away from the prior, before
   anything is generated (InstructX2X's relevance R x the anatomical prior; it gives ``--region auto`` its edit
   mask).

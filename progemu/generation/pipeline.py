@@ -295,7 +295,8 @@ class CounterfactualPipeline:
                   if out.codes is not None else None)  # (B*k, H, W)
         changes = [None] * len(rep)  # where the model acted: its decoded codes against the prior's, per row
         if images is not None and needs_prior:
-            changes = [upsample(change_grid(images[row], fidelity[i][2], (lay.grid_h, lay.grid_w)), priors[i].shape)
+            grid = (lay.grid_h, lay.grid_w)  # both decoded at the tokenizer's size, the map then at the prior's
+            changes = [upsample(change_grid(images[row], fidelity[i][2], grid), priors[i].shape)
                        for row, i in enumerate(rep)]
         seconds = {"load": t_load, "guidance": t_guid, **{f"decode_{a}": b for a, b in out.seconds.items()}}
         results = []
@@ -314,18 +315,21 @@ class CounterfactualPipeline:
                 id=items[i].id, sample=row % k, seed=seeds[row], text=text,
                 image=None if images is None else images[row], codes=None if out.codes is None else out.codes[row],
                 prior=priors[i], edit_mask=None if edit_mask is None else edit_mask[row], region=regions[i],
-                guidance=changes[row], relevance=None if g is None or priors[i] is None else upsample(g, priors[i].shape),
+                guidance=changes[row],
+                relevance=None if g is None or priors[i] is None else upsample(g, priors[i].shape),
                 seconds=seconds, prior_reconstruction=None if fidelity[i] is None else fidelity[i][0],
                 warning=None if fidelity[i] is None else fidelity[i][1]))
         return results
 
-    def prior_fidelity(self, prior: np.ndarray, codes: torch.Tensor) -> tuple[dict[str, float], str | None, np.ndarray]:
+    def prior_fidelity(self, prior: np.ndarray,
+                       codes: torch.Tensor) -> tuple[dict[str, float], str | None, np.ndarray]:
         """The prior's reconstruction PSNR / SSIM through the tokenizer, the warning they call for (or None), and the
-        reconstruction itself (H, W)."""
+        reconstruction itself at the tokenizer's size (H', W')."""
         recon = self.processor.decode_codes(codes[None])[0]
-        if recon.shape != prior.shape:  # compare at the prior's size
+        at_prior = recon
+        if recon.shape != prior.shape:  # the scores compare at the prior's size
             t = torch.as_tensor(recon, dtype=torch.float32)[None, None]
-            recon = torch.nn.functional.interpolate(t, size=prior.shape, mode="bilinear")[0, 0].numpy()
-        scores = reconstruction_scores(prior, recon)
+            at_prior = torch.nn.functional.interpolate(t, size=prior.shape, mode="bilinear")[0, 0].numpy()
+        scores = reconstruction_scores(prior, at_prior)
         config = getattr(self.processor.vq_model, "config", None)
         return scores, unfamiliar(scores, getattr(config, "validation", None)), recon

@@ -29,12 +29,19 @@ class ResultLog:
         self.path = Path(out) / PARTS / f"rank-{rank:05d}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank = rank
+        self._torn = False
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                self._torn = fh.read(1) != b"\n"
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        stamp = time.time()
+        stamp = time.time()  # the newest line of an item wins at the merge (nodes' clocks are assumed in step)
         text = "".join(json.dumps({**r, "_rank": self.rank, "_time": stamp}, sort_keys=True) + "\n" for r in rows)
+        if self._torn:  # a killed earlier run's half line: end it, so this run's first line stays whole
+            text, self._torn = "\n" + text, False
         with open(self.path, "a", encoding="utf-8") as fh:  # one write: a crash leaves whole lines or a torn last one
             fh.write(text)
             fh.flush()
@@ -50,17 +57,19 @@ def logged(out: Path) -> dict[str, dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and "id" in row and row.get("_time", 0) >= newest.get(row["id"], {}).get("_time", 0):
+            if not isinstance(row, dict) or "id" not in row:
+                continue
+            if row.get("_time", 0) >= newest.get(str(row["id"]), {}).get("_time", 0):
                 newest[str(row["id"])] = row
     return newest
 
 
-def merge_results(out: Path, entries: Sequence[Any], finished: Callable[[Any], dict | None]) -> dict[str, str]:
+def merge_results(out: Path, entries: Sequence[Any], finished: Callable[[Any], dict | None]) -> list[str]:
     """Write ``OUT/results.jsonl``: one line per manifest entry, in manifest order. ``entries`` are manifest items
     or error dicts (lines that could not be read); ``finished(item)`` is the item's recorded result or None.
-    Returns each id's status."""
+    Returns each line's status."""
     newest = logged(out)
-    lines, statuses = [], {}
+    lines, statuses = [], []
     for e in entries:
         if isinstance(e, dict):
             row = e
@@ -70,7 +79,7 @@ def merge_results(out: Path, entries: Sequence[Any], finished: Callable[[Any], d
             row = {k: v for k, v in newest[e.id].items() if not k.startswith("_")}
         else:  # no record and no logged error: a rank died before this item, or it was never reached
             row = {"id": e.id, "status": "pending", "error": "not generated yet: run the same command again"}
-        statuses[str(row["id"])] = row["status"]
+        statuses.append(row["status"])
         lines.append(json.dumps(row, sort_keys=True) + "\n")
     write_text_atomic(Path(out) / "results.jsonl", "".join(lines))
     return statuses
