@@ -5,9 +5,12 @@
 Manifest: one JSON object per line, ``id``, ``image`` (path), ``prompt``; optional ``mask`` (path), ``region``.
 Relative paths are read relative to the manifest's folder when the file is there, else to the working
 directory. Per item: ``OUT/<id>/counterfactual.png`` (``counterfactual-<k>.png`` for further samples),
-``interpretation.txt``, ``guidance.png``, ``guidance.npy``, ``record.json`` (written last: it marks the item
-finished). ``OUT/results.jsonl`` holds one line per item: its outputs or its error. A failing item is recorded
-and the others go on; every file is written atomically; a re-run skips finished items.
+``interpretation.txt``, ``guidance.png`` / ``.npy`` (where the model changed the image), ``relevance.png`` /
+``.npy`` (where the prompt asked it to), ``record.json`` (written last: it marks the item finished; it holds the
+prior's reconstruction figures). ``OUT/results.jsonl`` holds one line per manifest line: its outputs (and a
+``warning`` for a prior the checkpoint's tokenizer reconstructs far worse than its own validation images), its
+error, or ``pending``. A failing item is recorded and the others go on; every file is written atomically; a
+re-run skips finished items. Under torchrun the ranks share the items (`distributed`, `results`).
 """
 
 from __future__ import annotations
