@@ -84,13 +84,12 @@ convert: install  ## ZeRO checkpoint -> Hugging Face folder: make convert CKPT=r
 EVAL_DATA ?= data/synthcxr-128
 EVAL_OUT ?= runs/eval
 MODEL ?= runs/finetune-tiny/final
-# the project's own evaluators; add the standard networks with EVALUATORS=runs/evaluators,standard=weights (eval/README.md)
+# the project's own evaluators (trained there from EVAL_DATA when missing); add the standard networks with
+# EVALUATORS=runs/evaluators,standard=weights (eval/README.md)
 EVALUATORS ?= runs/evaluators
 evaluate: install  ## evaluate: make evaluate [MODEL=dir | GENERATED=dir] [EVAL_DATA=dir] [EVAL_OUT=dir] [EVALUATORS=...]
 	@test -f $(EVAL_DATA)/manifest.json || test -n "$(filter-out data/synthcxr-128,$(EVAL_DATA))" || \
 	  nice -n 10 $(BIN)/progemu synth --out $(EVAL_DATA) --size 128 --pairs 2000
-	@test -f runs/evaluators/findings.json || \
-	  nice -n 10 $(BIN)/python -m eval.train_evaluators --data $(EVAL_DATA) --out runs/evaluators
 	$(BIN)/python -m eval.evaluate --data $(EVAL_DATA) --out $(EVAL_OUT) --evaluators $(EVALUATORS) \
 	  $(if $(GENERATED),--generated $(GENERATED),--model $(MODEL))
 

@@ -125,8 +125,10 @@ class CheXbert:
 def chexbert_f1(hyp: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Micro F1 of the positive class (label 1) over the 14 conditions and over ``TOP5``; (N, 14) inputs."""
     out = {}
-    for name, cols in (("chexbert_f1", list(range(len(CONDITIONS)))), ("chexbert_f1_5", [CONDITIONS.index(c) for c in TOP5])):
+    groups = (("chexbert_f1", list(range(len(CONDITIONS)))), ("chexbert_f1_5", [CONDITIONS.index(c) for c in TOP5]))
+    for name, cols in groups:
         h, r = hyp[:, cols] == 1, ref[:, cols] == 1
         tp, fp, fn = int((h & r).sum()), int((h & ~r).sum()), int((~h & r).sum())
-        out[name] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        # no positive on either side: 0, as sklearn's f1_score and the report-generation papers' scripts count it
+        out[name] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
     return out

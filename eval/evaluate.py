@@ -122,6 +122,8 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
     items = eval_items(records, split, limit)
     if not items:
         raise ProgEmuError(f"{data_dir}: no {split!r} records to evaluate")
+    choice = parse_evaluators(str(evaluators_dir))
+    backends = load_standard(choice, log)  # before any generation: a missing weight file fails at once
     if generated is None:
         if model is None:
             raise ProgEmuError("give --generated (an existing output folder) or --model (to generate)")
@@ -135,8 +137,6 @@ def evaluate(data_dir: str | Path, out: str | Path, generated: str | Path | None
     if not items:
         raise ProgEmuError(f"{generated}: none of the {len(gens)} items has outputs (first error: "
                            f"{next(iter(failed.values()))})")
-    choice = parse_evaluators(str(evaluators_dir))
-    backends = load_standard(choice, log)  # before any generation result is used: a missing weight fails early
     evaluators, specs = {}, {}
     if choice.own is not None:
         if not classifier.available(choice.own):

@@ -165,7 +165,7 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> ProgEmuCausalLMOutput:
         """Causal LM forward. ``labels`` (B, T) are the input ids with -100 where no loss is wanted (the
-        shift happens here); ``loss_weights`` (B, T) float weighs each labelled token (the processor puts
+        shift happens here); ``loss_weights`` (B, T) float weighs each labelled token (train/examples.py puts
         its image / text weights there); without it, tokens inside ``<boi>...<eoi>`` blocks weigh
         ``config.image_loss_weight`` and the others ``config.text_loss_weight``. ``num_items_in_batch`` (from the HF Trainer under gradient
         accumulation) replaces the per-batch normaliser ``sum(weights)``."""

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from progemu.data.records import SPLITS, CXRRecord
 from progemu.errors import ProgEmuError
-from progemu.io import write_json_atomic, write_text_atomic
+from progemu.io import file_stamp, write_json_atomic, write_text_atomic
 
 ERRORS = "errors.json"  # a chunk's unreadable records, inside its folder
 TEXT_COLUMNS = ("prompt", "interpretation", "instruction", "prior_report", "target_report")
@@ -99,12 +99,17 @@ def _save_chunk(ds: datasets.Dataset, errors: list[dict[str, str]], path: Path) 
 
 
 def _save_atomic(ds: datasets.Dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """``ds`` into ``path``: written beside it, then swapped in; the old folder is moved aside before it is removed,
+    so ``path`` is at every moment either the old split or the new one (a crash leaves a ``.old`` / ``.tmp`` folder
+    that the next run removes)."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     ds.save_to_disk(str(tmp))
     if path.exists():
-        shutil.rmtree(path)
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _ranks() -> tuple[int, int, int]:
@@ -154,12 +159,18 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
     out.mkdir(parents=True, exist_ok=True)
     records = sorted(load_records(data, fmt, skip_invalid=True, skipped_log=skipped), key=lambda r: r.id)
     by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
-    state = {"model": str(Path(model_dir).resolve()), "data": str(Path(data).resolve()), "format": fmt,
-             "size": size, "chunk": chunk, "records": len(records)}
+    # the weights by their stamp, not the folder alone: a VQ retrained in place must not reuse the old codes
+    weights = sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin"))
+    state = {"model": str(Path(model_dir).resolve()), "weights": [file_stamp(w) for w in weights],
+             "data": str(Path(data).resolve()), "format": fmt, "size": size, "chunk": chunk, "records": len(records)}
     state_file = chunks_dir / "state.json"
     todo: list[tuple[str, int]] = []
     if rank == 0:
-        if state_file.exists() and json.loads(state_file.read_text()) != state:
+        try:
+            previous = json.loads(state_file.read_text()) if state_file.exists() else state
+        except json.JSONDecodeError:
+            previous = None  # a damaged state: start over rather than trust the chunks
+        if previous != state:
             shutil.rmtree(chunks_dir)  # another model / data / chunking: the finished chunks do not apply
             (out / "encode_info.json").unlink(missing_ok=True)
         chunks_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +193,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         return {}
     counts: dict[str, int] = {}
     if rank == 0:
+        (out / "encode_info.json").unlink(missing_ok=True)  # "finished" again only once every split is joined
         errors_all: list[dict[str, str]] = []
         for split, recs in by_split.items():
             if not recs:
