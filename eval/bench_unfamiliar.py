@@ -1,6 +1,6 @@
 """How often generation warns about a prior the checkpoint's tokenizer reconstructs badly, by kind of input.
 
-    python -m eval.check_unfamiliar [--model progemu/assets/tiny-synthcxr] [--data data/synthcxr-demo]
+    python -m eval.bench_unfamiliar [--model progemu/assets/tiny-synthcxr] [--data data/synthcxr-demo]
 
 SynthCXR validate priors (what the embedded checkpoint knows: warnings there are false alarms) against inputs it
 has never seen: another phantom generator, the same priors with inverted contrast, a gamma curve, noise or blur,
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def families(priors: list[np.ndarray], size: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """The inputs to check, each (S, S) float32 in [0, 1]."""
-    from tokenizer.vq_data import make_source  # benchmark-style script: the phantom generator of the VQ's data
+    from tokenizer.vq_data import make_source  # a benchmark script may use the VQ data sources
 
     rng = np.random.default_rng(seed)
     phantoms = make_source("procedural", size, seed + 5, split="validate")
