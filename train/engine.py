@@ -56,6 +56,14 @@ class ProgEmuTrainer(Trainer):
             return super().get_train_dataloader()
         return stream_loader(ds, self.args, self.data_collator, self._train_batch_size)
 
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Each rank's data-stream position first (``data_state/rank{R}.json``), then the Trainer's checkpoint,
+        whose ``trainer_state.json`` comes last: a checkpoint complete enough to resume from has the position."""
+        if self.stream_state is not None:
+            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            self.stream_state.save(Path(self._get_output_dir(trial=trial)) / folder)
+        super()._save_checkpoint(model, trial)
+
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
         if isinstance(self.train_dataset, PackedStream):  # (the run config also sets ignore_data_skip)
             return dataloader  # the stream starts where the checkpoint's data state says: nothing to skip
@@ -129,17 +137,6 @@ class StopAtStep(TrainerCallback):
         return control
 
 
-class SaveStreamState(TrainerCallback):
-    """Writes each rank's data-stream position into every checkpoint (``data_state/rank{R}.json``)."""
-
-    def __init__(self, trainer: ProgEmuTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.trainer.stream_state is not None:
-            self.trainer.stream_state.save(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-
-
 class ThroughputClock(TrainerCallback):
     """Starts the tokens/s clock when training starts (not when the Trainer was built)."""
 
@@ -172,7 +169,6 @@ def make_trainer(model: torch.nn.Module, args: TrainingArguments, train_ds: Pack
     trainer = ProgEmuTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                              data_collator=collator, processing_class=processing_class)
     trainer.add_callback(ThroughputClock(trainer))
-    trainer.add_callback(SaveStreamState(trainer))
     return trainer
 
 
