@@ -177,8 +177,9 @@ def test_stream_resumes_exactly_without_replaying(tmp_path):
 
 
 def test_stream_state_round_trip_and_other_layouts(tmp_path):
-    """What a checkpoint saves gives the stream its position back; a checkpoint of another layout (ranks,
-    workers, folders, seed) or none at all leaves the stream at its start."""
+    """What a checkpoint saves gives the stream its position back; one of other ranks x workers continues at the
+    epoch after the furthest saved one, with nothing of the saved epoch again; other folders, another seed or no
+    checkpoint leave the stream at its start."""
     import datasets
 
     from train.data import StreamState
@@ -193,8 +194,14 @@ def test_stream_state_round_trip_and_other_layouts(tmp_path):
     again = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
     assert StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-5", again)
     assert again.resume == {0: taken[-1]["data_state"]} and again.resume_batches == 5
-    for other in (StreamState(0, 2, 0, again.sizes(), 1), StreamState(0, 1, 2, again.sizes(), 1),
-                  StreamState(0, 1, 0, [31], 1), StreamState(0, 1, 0, again.sizes(), 2)):
+    epoch = max(int(r["data_state"]["epochs"][0]) for r in taken)
+    for world, workers in ((2, 0), (1, 2)):
+        relaid = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8, world=world)
+        assert StreamState(0, world, workers, relaid.sizes(), 1).restore(tmp_path / "checkpoint-5", relaid)
+        assert {s["epochs"][0] for s in relaid.resume.values()} == {epoch + 1} and relaid.resume_batches == 0
+        after = list(itertools.islice(relaid, 3))
+        assert all(r["data_state"]["epochs"][0] >= epoch + 1 for r in after)
+    for other in (StreamState(0, 1, 0, [31], 1), StreamState(0, 1, 0, again.sizes(), 2)):
         fresh = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8)
         assert not other.restore(tmp_path / "checkpoint-5", fresh) and fresh.resume == {}
     assert not StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-9", again)

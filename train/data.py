@@ -292,10 +292,32 @@ class StreamState:
         except (OSError, ValueError) as exc:
             raise ProgEmuError(f"{path}: unreadable data position ({exc})") from exc
         differ = {k: (saved.get(k), v) for k, v in self.meta.items() if saved.get(k) != v}
+        if differ and set(differ) <= {"world", "workers"}:  # same data and seed, other ranks x workers
+            return self._next_epoch(Path(checkpoint) / "data_state", stream, differ)
         if differ:
             log.warning("%s: saved for another run layout %s; the data stream starts from its beginning", path, differ)
             return False
         self.states = {int(k): v for k, v in saved["states"].items()}
         self.batches = int(saved["batches"])
         stream.load_state(self.states, self.batches)
+        return True
+
+    def _next_epoch(self, folder: Path, stream: PackedStream, differ: dict[str, Any]) -> bool:
+        """Another number of ranks or workers deals the rows out differently, so the exact positions do not carry
+        over: every consumer starts each shard folder at the epoch after the furthest one any rank had reached
+        (read from every rank's file), so nothing of the interrupted epochs is seen twice; their unseen rest is
+        skipped."""
+        import json
+
+        start = [0] * len(self.meta["sizes"])
+        for path in sorted(folder.glob("rank*.json")):
+            for state in json.loads(path.read_text()).get("states", {}).values():
+                start = [max(a, int(b) + 1) for a, b in zip(start, state["epochs"], strict=True)]
+        n = len(start)
+        self.states = {w: {"worker": w, "chunk": 0, "epochs": list(start), "pos": [0] * n, "taken": [0] * n,
+                           "emitted": 0} for w in range(self.meta["workers"])}
+        self.batches = 0
+        stream.load_state(self.states, 0)
+        log.warning("%s: saved with %s; continuing at epoch(s) %s of the shard folders (the rest of the interrupted "
+                    "epoch is skipped, nothing repeated)", folder, differ, start)
         return True
