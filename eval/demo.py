@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = REPO / "progemu" / "assets" / "tiny-synthcxr"
 EMBEDDED_EVALUATORS = REPO / "eval" / "assets" / "evaluators"
-# Generation settings of the demo: greedy codes (NOTES.md: greedy beat sampling at this scale), CFG 2 on the image,
+# Generation settings of the demo: greedy codes (greedy beat sampling at this scale), CFG 2 on the image,
 # edits restricted to the guidance map x anatomical prior (InstructX2X's rule) at tau 0.05, grown by one code cell
 # (the VQ's measured reach), the prior's pixels kept wherever its codes were kept. Chosen on 96 *validate* pairs of
-# data/synthcxr-128, never on the demo's test set (README "Demo results": the settings compared).
+# data/synthcxr-128, never on the demo's test set (docs/experiments.md: the settings compared).
 GENERATE_ARGS = "--greedy --cfg-image 2.0 --region auto --tau 0.05 --dilate 1 --paste-prior --batch-size 8"
 # (metric path under metrics.json's systems.<system>, label, bar; higher is better for all)
 BAR = [
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.from_scratch:
         step(2, "training: SynthCXR 12,000 pairs, VQ and text tokenizers, then the tiny model (make finetune)")
-        # train.launch builds what is missing (data/synthcxr-128 with 12,000 pairs included), then stages 1 to 6,
-        # their mean grown to 10 blocks (train.average, train.grow) and stage 7 from it
+        # train.launch makes what is missing with the steps of train/recipes/tiny-demo.yaml: data, tokenizers,
+        # stages 1 to 6, their mean grown to 10 blocks (train.average, train.grow) and stage 7 from it
         run([py, "-m", "train.launch", "finetune", "--config", "tiny-demo-7"])
         model, evaluators = REPO / "runs" / "finetune-demo-7" / "final", REPO / "runs" / "evaluators"
         if not (evaluators / "findings.json").is_file():

@@ -33,7 +33,7 @@ def _printed(capsys) -> list[list[str]]:
 def _made(root, *paths):
     for p in paths:
         (root / p).mkdir(parents=True, exist_ok=True)
-        (root / p / launch.DONE.get(p, "config.json")).write_text("{}")
+        (root / p / (launch.RECIPE[p].done if p in launch.RECIPE else "config.json")).write_text("{}")
 
 
 def test_dry_run_single_node_prints_the_builds_then_torchrun_and_runs_nothing(repo, capsys):
@@ -101,3 +101,72 @@ def test_multi_node_errors_name_what_to_do(repo):
     with pytest.raises(SystemExit, match=r"data/shards-128 is missing.*: python -m tokenizer.encode_dataset"):
         launch.main(["pretrain", "--config", "tiny-pretrain-full", "--hostfile", str(hosts), "--ngpus", "8"])
     assert ran == [] and sorted(p.name for p in root.iterdir()) == ["data", "hosts"]
+
+
+def _step_of(cmd: list[str]):
+    """The recipe step a printed command is: a tool's command, or the launch of a stage with its config."""
+    if "torch.distributed.run" in cmd:
+        stage = cmd[cmd.index("-m", cmd.index("torch.distributed.run")) + 1].removeprefix("train.")
+        argv = [stage, *(["--config", cmd[cmd.index("--config") + 1]] if "--config" in cmd else [])]
+        return next(s for s in launch.RECIPE.values() if list(s.stage) == argv)
+    return next(s for s in launch.RECIPE.values() if list(s.run) == cmd)
+
+
+def test_dry_run_of_the_demo_follows_its_recipe_file(repo, capsys):
+    """`make finetune CONFIG=tiny-demo-7` on a fresh clone runs exactly the steps of train/recipes/tiny-demo.yaml,
+    each once and after everything it needs; its models (stages, average, grow) in the file's order."""
+    import yaml
+
+    from train.config import CONFIG_DIR
+
+    recipe = yaml.safe_load((launch.RECIPE_DIR / "tiny-demo.yaml").read_text())["steps"]
+    in_file = [s["makes"] for s in recipe]
+    launch.main(["finetune", "--config", "tiny-demo-7", "--dry-run"])
+    ran = [_step_of(c).makes for c in _printed(capsys)]
+    assert sorted(ran) == sorted(in_file) and len(ran) == len(set(ran))
+
+    def inputs(step) -> list[str]:  # what must exist before the step: its needs, or its stage config's inputs
+        if not step.stage:
+            return list(step.needs)
+        cfg = yaml.safe_load((CONFIG_DIR / f"{step.stage[2]}.yaml").read_text())
+        assert step.makes == f"{cfg['output_dir']}/final"  # the stage writes what the recipe says it makes
+        paths = [*cfg["shards"].split(","), cfg.get("text_tokenizer"), cfg.get("vq"), cfg.get("init_from")]
+        return [p for p in paths if p in launch.RECIPE]
+
+    for i, path in enumerate(ran):
+        assert set(inputs(launch.RECIPE[path])) <= set(ran[:i]), path
+        assert set(inputs(launch.RECIPE[path])) <= set(in_file[: in_file.index(path)]), path  # the file is in order
+    models = [p for p in in_file if launch.RECIPE[p].done == "config.json"]  # the stages and the tools between
+    assert len(models) == 9 and [p for p in ran if p in models] == models
+
+
+def test_the_launcher_runs_what_the_recipe_says(repo, tmp_path_factory, monkeypatch, capsys):
+    """A changed recipe changes the launch: nothing about the steps is known to the Python."""
+    folder = tmp_path_factory.mktemp("recipes")
+    (folder / "mine.yaml").write_text(
+        "steps:\n"
+        "  - {makes: data/raw, done: manifest.json, run: python -m progemu synth --out data/raw --pairs 7}\n"
+        "  - {makes: data/shards-128-smoke, done: encode_info.json, needs: [data/raw],\n"
+        "     run: 'python -m tokenizer.encode_dataset --data data/raw/icg-cxr --out data/shards-128-smoke'}\n")
+    monkeypatch.setattr(launch, "RECIPE", launch.load_recipes(folder))
+    launch.main(["pretrain", "--dry-run"])
+    cmds = _printed(capsys)
+    assert cmds[:2] == [[sys.executable, "-m", "progemu", "synth", "--out", "data/raw", "--pairs", "7"],
+                        [sys.executable, "-m", "tokenizer.encode_dataset", "--data", "data/raw/icg-cxr", "--out",
+                         "data/shards-128-smoke"]]
+    assert len(cmds) == 3 and "torch.distributed.run" in cmds[2]
+
+
+@pytest.mark.parametrize("steps, problem", [
+    ("[{makes: a, run: x, stage: finetune}]", "either `run: COMMAND` or `stage"),
+    ("[{makes: a, stage: train}]", "stage 'train' is not one of"),
+    ("[{makes: a, run: x, needs: [b]}]", "step a needs b, which no step makes"),
+    ("[{makes: a, run: x}, {makes: a, run: y}]", "step a: already made by a step of"),
+    ("[{makes: a, run: x, neds: [b]}]", r"unknown keys \['neds'\]"),
+    ("[a, b]", "step 1: expected a mapping"),
+    ("[{makes: a, run: ''}]", "step a: `run` is empty"),
+])
+def test_a_bad_recipe_is_an_error_naming_the_file_and_the_step(tmp_path, steps, problem):
+    (tmp_path / "r.yaml").write_text(f"steps: {steps}\n")
+    with pytest.raises(SystemExit, match=f"r.yaml: .*{problem}"):
+        launch.load_recipes(tmp_path)

@@ -284,20 +284,14 @@ def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch)
     """The two-stage tiny VQ: synth data, then stage 1 and the perceptual networks, then stage 2, then shards."""
     from train import launch
 
-    for path, deps in launch.NEEDS.items():
-        assert path in launch.BUILDERS and path in launch.DONE and all(d in launch.BUILDERS for d in deps)
-    for init, stage in launch.INIT_STAGES.items():
-        assert stage[0] in launch.STAGES and init.endswith("/final")
-    for init, (inputs, _) in launch.DERIVED.items():
-        assert all(src in launch.INIT_STAGES or src in launch.DERIVED for src in inputs), init
     monkeypatch.setattr(launch, "REPO", tmp_path)
     ran: list[str] = []
 
-    def fake_sh(cmd, env=None):  # "build" the folder: its DONE file appears
-        out = next(p for p, c in launch.BUILDERS.items() if c == cmd)
+    def fake_sh(cmd, env=None):  # "build" the folder: its done file appears
+        out = next(p for p, s in launch.RECIPE.items() if list(s.run) == cmd)
         ran.append(out)
         (tmp_path / out).mkdir(parents=True, exist_ok=True)
-        (tmp_path / out / launch.DONE[out]).write_text("{}")
+        (tmp_path / out / launch.RECIPE[out].done).write_text("{}")
 
     monkeypatch.setattr(launch, "sh", fake_sh)
     # every demo stage's inputs can be built from a fresh clone: its shards and the stage it starts from
@@ -307,9 +301,9 @@ def test_launch_builds_missing_inputs_in_dependency_order(tmp_path, monkeypatch)
 
     for cfg in sorted(CONFIG_DIR.glob("tiny-demo*.yaml")):
         c = yaml.safe_load(cfg.read_text())
-        assert all(part in launch.BUILDERS for part in c["shards"].split(",")), cfg.name
+        assert all(part in launch.RECIPE for part in c["shards"].split(",")), cfg.name
         init = c.get("init_from")
-        assert not init or init in launch.INIT_STAGES or init in launch.DERIVED, cfg.name
+        assert not init or init in launch.RECIPE, cfg.name
     launch.ensure("data/shards-128")
     assert ran[0] == "data/synthcxr-128" and ran[-1] == "data/shards-128" and len(ran) == len(set(ran))
     assert ran.index("runs/vq-tiny") > max(ran.index("runs/vq-tiny-base"), ran.index("runs/vq-perceptual"))
@@ -422,11 +416,11 @@ def test_launch_makes_a_missing_init_folder_from_its_stages_and_tools(tmp_path, 
         done.append(path)
 
     def fake_main(argv):  # a stage: its run writes the init folder that names it
-        made(next(init for init, stage in launch.INIT_STAGES.items() if stage == argv))
+        made(next(p for p, s in launch.RECIPE.items() if list(s.stage) == argv))
 
     monkeypatch.setattr(launch, "main", fake_main)
-    monkeypatch.setattr(launch, "sh", lambda cmd, env=None: made(next(p for p, (_, c) in launch.DERIVED.items()
-                                                                       if c == cmd)))
+    monkeypatch.setattr(launch, "sh", lambda cmd, env=None: made(next(p for p, s in launch.RECIPE.items()
+                                                                       if list(s.run) == cmd)))
     made("runs/finetune-demo-5/final")  # already there: not run again
     launch.ensure_init("runs/demo-grown-10", None)
     assert done == ["runs/finetune-demo-5/final", "runs/finetune-demo-6/final", "runs/demo-average-5-6",

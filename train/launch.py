@@ -7,10 +7,10 @@ One node: ``torchrun --standalone`` with N ranks (N = all GPUs; on a CPU-only ma
 ranks on gloo, each with cores/N OpenMP threads). Several nodes (``--nnodes`` > 1 or ``--hostfile``): this
 environment's own DeepSpeed launcher (``python -m deepspeed.launcher.runner``), which starts the ranks on the
 hosts of the hostfile over ssh/pdsh with the same Python; ``--ngpus`` is then required where this node has no
-GPU to count. On one node the documented default inputs (docs/architecture.md "Default local paths") and a
-missing earlier stage of the demo recipe are built first; a multi-node launch never builds or trains anything
-implicitly (an error names what is missing and the command that makes it). ``--dry-run`` prints the commands
-instead of running them.
+GPU to count. On one node a missing input (shards, tokenizers) or ``init_from`` folder that a step of a recipe
+(``train/recipes/*.yaml``: the laptop default's inputs, the demo model's stages) makes is made first, after what
+that step needs; a multi-node launch never builds or trains anything implicitly (an error names what is missing
+and the command that makes it). ``--dry-run`` prints the commands instead of running them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -27,71 +28,87 @@ import yaml
 from train.config import CONFIG_DIR, resolve_path
 
 REPO = Path(__file__).resolve().parents[1]
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 STAGES = {"pretrain": ("train.pretrain", "tiny-pretrain"), "finetune": ("train.finetune", "tiny-finetune")}
-# default path -> the command that builds it (docs/architecture.md)
-BUILDERS = {
-    # 12,000 pairs: the size the demo model's recipe (tiny-demo*.yaml) was trained on (~2 min on 2 cores)
-    "data/synthcxr-128": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128", "--size", "128",
-                          "--pairs", "12000", "--workers", "2"],
-    # the tiny VQ in two stages (tokenizer/vq_presets.py): plain, then with the perceptual loss of its own networks
-    "runs/vq-tiny-base": [sys.executable, "-m", "tokenizer.train_vq", "--preset", "tiny-base", "--out",
-                          "runs/vq-tiny-base"],
-    "runs/vq-perceptual": [sys.executable, "-m", "eval.train_evaluators", "--data", "data/synthcxr-128", "--out",
-                           "runs/vq-perceptual", "--seed", "1"],
-    "runs/vq-tiny": [sys.executable, "-m", "tokenizer.train_vq", "--preset", "tiny", "--out", "runs/vq-tiny"],
-    "runs/text-tokenizer": [sys.executable, "-m", "tokenizer.train_text_tokenizer", "--out", "runs/text-tokenizer"],
-    "data/shards-128": [sys.executable, "-m", "tokenizer.encode_dataset"],
-    # the laptop smoke path of tiny-pretrain / tiny-finetune: a small set encoded with the embedded checkpoint's VQ,
-    # so that no tokenizer has to be trained before the first step (~1 min on 2 cores)
-    "data/synthcxr-128-smoke": [sys.executable, "-m", "progemu", "synth", "--out", "data/synthcxr-128-smoke",
-                                "--size", "128", "--pairs", "1000", "--workers", "2"],
-    "data/shards-128-smoke": [sys.executable, "-m", "tokenizer.encode_dataset", "--model",
-                              "progemu/assets/tiny-synthcxr/vq", "--data", "data/synthcxr-128-smoke/icg-cxr", "--out",
-                              "data/shards-128-smoke"],
-    "data/shards-128-base": [sys.executable, "-m", "tokenizer.encode_dataset", "--model", "runs/vq-tiny-base", "--out",
-                             "data/shards-128-base"],
-}
-NEEDS = {"data/shards-128": ["data/synthcxr-128", "runs/vq-tiny"], "runs/vq-tiny": ["runs/vq-tiny-base", "runs/vq-perceptual"],
-         "runs/vq-tiny-base": ["data/synthcxr-128"], "runs/vq-perceptual": ["data/synthcxr-128"],
-         "data/shards-128-base": ["data/synthcxr-128", "runs/vq-tiny-base"],
-         "data/shards-128-smoke": ["data/synthcxr-128-smoke"]}
-# the file each builder writes last (a half-written folder does not count)
-DONE = {"data/synthcxr-128": "manifest.json", "runs/vq-tiny": "metrics.json", "runs/vq-tiny-base": "metrics.json",
-        "runs/vq-perceptual": "summary.json", "runs/text-tokenizer": "tokenizer.json",
-        "data/shards-128": "encode_info.json", "data/shards-128-base": "encode_info.json",
-        "data/synthcxr-128-smoke": "manifest.json", "data/shards-128-smoke": "encode_info.json"}
-# fresh patients (another seed) for each later stage of the demo model, so that longer training does not memorise
-# one set: stage 4 trains on seed 2, stage 5 on seed 3, stages 6 and 7 on seeds 4-7
-for _seed in range(2, 8):
-    _data, _shards = f"data/synthcxr-128-s{_seed}", f"data/shards-128-s{_seed}"
-    BUILDERS[_data] = [sys.executable, "-m", "progemu", "synth", "--out", _data, "--size", "128", "--pairs", "12000",
-                       "--seed", str(_seed), "--workers", "2"]
-    BUILDERS[_shards] = [sys.executable, "-m", "tokenizer.encode_dataset", "--data", f"{_data}/icg-cxr", "--out", _shards]
-    NEEDS[_shards] = [_data, "runs/vq-tiny"]
-    DONE[_data], DONE[_shards] = "manifest.json", "encode_info.json"
-# init_from folders that an earlier stage of the recipe writes: the stage's launch arguments
-INIT_STAGES = {"runs/pretrain-tiny/final": ["pretrain"],
-               "runs/pretrain-tiny-full/final": ["pretrain", "--config", "tiny-pretrain-full"],
-               "runs/finetune-demo/final": ["finetune", "--config", "tiny-demo"],
-               "runs/finetune-demo-2/final": ["finetune", "--config", "tiny-demo-2"],
-               "runs/finetune-demo-3/final": ["finetune", "--config", "tiny-demo-3"],
-               "runs/finetune-demo-4/final": ["finetune", "--config", "tiny-demo-4"],
-               "runs/finetune-demo-5/final": ["finetune", "--config", "tiny-demo-5"],
-               "runs/finetune-demo-6/final": ["finetune", "--config", "tiny-demo-6"],
-               "runs/finetune-demo-7/final": ["finetune", "--config", "tiny-demo-7"]}
-# init_from folders that a tool makes from earlier stages' models: (the folders it reads, the command)
-DERIVED = {"runs/demo-average-5-6": (["runs/finetune-demo-5/final", "runs/finetune-demo-6/final"],
-                                     [sys.executable, "-m", "train.average", "runs/finetune-demo-5/final",
-                                      "runs/finetune-demo-6/final", "runs/demo-average-5-6"]),
-           "runs/demo-grown-10": (["runs/demo-average-5-6"], [sys.executable, "-m", "train.grow",
-                                                              "runs/demo-average-5-6", "runs/demo-grown-10",
-                                                              "--layers", "10"])}
 
 
 class LaunchError(SystemExit):
     """A launch that cannot go on as asked: the message says what to change (no traceback)."""
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a recipe (train/recipes/*.yaml): what it makes, from what, and how."""
+
+    makes: str  # the folder it writes
+    done: str  # the file it writes last (a half-written folder does not count)
+    needs: tuple[str, ...]  # folders made by other steps, made first when missing
+    run: tuple[str, ...] = ()  # a command, or
+    stage: tuple[str, ...] = ()  # this launcher's own arguments of a training stage
+
+    def how(self) -> str:
+        """What a user runs to make it by hand."""
+        if self.stage:
+            return f"make {self.stage[0]}" + (f" CONFIG={self.stage[2]}" if len(self.stage) > 2 else "")
+        return _show(list(self.run))
+
+
+def _read_recipe(file: Path) -> list[Step]:
+    def bad(problem: str) -> LaunchError:
+        return LaunchError(f"{file}: {problem}")
+
+    try:
+        doc = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise bad(f"not valid YAML ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        raise bad("expected a mapping with a list `steps`")
+    steps = []
+    for i, raw in enumerate(doc["steps"]):
+        if not isinstance(raw, dict) or not isinstance(raw.get("makes"), str):
+            raise bad(f"step {i + 1}: expected a mapping with `makes: PATH`")
+        makes = raw["makes"]
+        unknown = set(raw) - {"makes", "done", "needs", "run", "stage", "config"}
+        if unknown:
+            raise bad(f"step {makes}: unknown keys {sorted(unknown)}")
+        if ("run" in raw) == ("stage" in raw) or ("config" in raw and "stage" not in raw):
+            raise bad(f"step {makes}: give either `run: COMMAND` or `stage: {'|'.join(STAGES)}` [`config:`]")
+        if "stage" in raw and raw["stage"] not in STAGES:
+            raise bad(f"step {makes}: stage {raw['stage']!r} is not one of {sorted(STAGES)}")
+        needs = raw.get("needs") or []
+        if not isinstance(needs, list):
+            raise bad(f"step {makes}: `needs` must be a list of paths")
+        try:
+            run = tuple(shlex.split(str(raw.get("run", ""))))
+        except ValueError as e:  # unbalanced quotes
+            raise bad(f"step {makes}: `run` is not a command line ({e})") from None
+        if "run" in raw and not run:
+            raise bad(f"step {makes}: `run` is empty")
+        if run[:1] == ("python",):  # the interpreter that runs this launcher (the project's venv)
+            run = (sys.executable, *run[1:])
+        stage = (raw["stage"], *(("--config", str(raw["config"])) if raw.get("config") else ())) if "stage" in raw \
+            else ()
+        steps.append(Step(makes, str(raw.get("done", "config.json")), tuple(map(str, needs)), run, stage))
+    return steps
+
+
+def load_recipes(folder: Path = RECIPE_DIR) -> dict[str, Step]:
+    """Every step of every recipe in ``folder`` (``*.yaml``), by the path it makes, in the files' order."""
+    steps: dict[str, Step] = {}
+    origin: dict[str, Path] = {}
+    for file in sorted(folder.glob("*.yaml")):
+        for step in _read_recipe(file):
+            if step.makes in steps:
+                raise LaunchError(f"{file}: step {step.makes}: already made by a step of {origin[step.makes]}")
+            steps[step.makes], origin[step.makes] = step, file
+    for step in steps.values():
+        for need in step.needs:
+            if need not in steps:
+                raise LaunchError(f"{origin[step.makes]}: step {step.makes} needs {need}, which no step makes")
+    return steps
+
+
+RECIPE = load_recipes()
 DRY_RUN = False  # --dry-run: print every command instead of running it
 _planned: set[str] = set()  # what a dry run has "built" already, so that a shared input is listed once
 
@@ -105,11 +122,31 @@ def sh(cmd: list[str], env: dict[str, str] | None = None) -> None:
 
 
 def _done(path: str) -> bool:
-    return path in _planned or (REPO / path / DONE[path]).exists()
+    return path in _planned or (REPO / path / RECIPE[path].done).exists()
+
+
+def _show(cmd: list[str]) -> str:
+    return " ".join(shlex.quote("python" if c == sys.executable else c) for c in cmd)
+
+
+def make(path: str, ngpus: int | None = None) -> None:
+    """Run the recipe step that makes ``path`` when it is missing, after the steps it needs."""
+    step = RECIPE[path]
+    if _done(path):
+        return
+    for need in step.needs:
+        make(need, ngpus)
+    if step.stage:
+        print(f"{path} is missing: running its stage first ({' '.join(step.stage)})", flush=True)
+        main([*step.stage, *(["--ngpus", str(ngpus)] if ngpus else []), *(["--dry-run"] if DRY_RUN else [])])
+    else:
+        sh(list(step.run))
+    if DRY_RUN:
+        _planned.add(path)
 
 
 def ensure(path: str, multinode: bool = False) -> None:
-    """Build a documented default input (and what it needs) when it is missing; ``a,b`` builds each.
+    """Make a missing input (shards, tokenizer) that a recipe step makes; ``a,b`` makes each.
 
     ``multinode``: never build (the other nodes would not wait for it, and a tokenizer is a training run of its
     own): a missing input is an error giving the command that makes it."""
@@ -117,50 +154,28 @@ def ensure(path: str, multinode: bool = False) -> None:
         for part in path.split(","):
             ensure(part.strip(), multinode)
         return
-    if path not in BUILDERS or _done(path):
+    if path not in RECIPE or _done(path):
         return
     if multinode:
         raise LaunchError(f"{path} is missing: a multi-node launch does not build its inputs. Build it first on "
-                          f"this node (its folder must be visible to every node): {_show(BUILDERS[path])} "
+                          f"this node (its folder must be visible to every node): {RECIPE[path].how()} "
                           "(DRY_RUN=1 without NNODES / HOSTFILE lists every step)")
-    for dep in NEEDS.get(path, []):
-        ensure(dep)
-    sh(BUILDERS[path])
-    if DRY_RUN:
-        _planned.add(path)
-
-
-def _show(cmd: list[str]) -> str:
-    return " ".join(shlex.quote("python" if c == sys.executable else c) for c in cmd)
+    make(path)
 
 
 def ensure_init(init: str | None, ngpus: int | None, multinode: bool = False) -> None:
-    """Make a missing ``init_from`` folder of the demo recipe: run its stage, or its tool after its inputs.
+    """Make a missing ``init_from`` folder: the recipe step (a stage, or a tool after its inputs) that makes it.
 
     ``multinode``: never train a stage implicitly; a missing folder is an error naming the stage to run."""
     if not init or init in _planned or (REPO / init / "config.json").exists():
         return
     if multinode:
-        if init in INIT_STAGES:
-            stage = INIT_STAGES[init]
-            how = f"make {stage[0]}" + (f" CONFIG={stage[2]}" if len(stage) > 2 else "")
-        elif init in DERIVED:
-            how = _show(DERIVED[init][1])
-        else:
-            how = "the stage whose output_dir holds it"
+        how = RECIPE[init].how() if init in RECIPE else "the stage whose output_dir holds it"
         raise LaunchError(f"init_from {init} is missing (no config.json): a multi-node launch does not train an "
                           f"earlier stage implicitly. Run that stage first ({how}, with the same NNODES / HOSTFILE "
                           "if it needs them), or pass another --init_from")
-    if init in INIT_STAGES:
-        print(f"{init} is missing: running its stage first ({' '.join(INIT_STAGES[init])})", flush=True)
-        main([*INIT_STAGES[init], *(["--ngpus", str(ngpus)] if ngpus else []), *(["--dry-run"] if DRY_RUN else [])])
-    elif init in DERIVED:
-        inputs, cmd = DERIVED[init]
-        for src in inputs:
-            ensure_init(src, ngpus)
-        sh(cmd)
-    if DRY_RUN:
-        _planned.add(init)
+    if init in RECIPE:
+        make(init, ngpus)
 
 
 def gpu_count() -> int:
