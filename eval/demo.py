@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_MODEL = REPO / "progemu" / "assets" / "tiny-synthcxr"
 EMBEDDED_EVALUATORS = REPO / "eval" / "assets" / "evaluators"
-# Generation settings of the demo: greedy codes (NOTES.md: greedy beat sampling at this scale), CFG 2 on the image,
+# Generation settings of the demo: greedy codes (greedy beat sampling at this scale), CFG 2 on the image,
 # edits restricted to the guidance map x anatomical prior (InstructX2X's rule) at tau 0.05, grown by one code cell
 # (the VQ's measured reach), the prior's pixels kept wherever its codes were kept. Chosen on 96 *validate* pairs of
 # data/synthcxr-128, never on the demo's test set (README "Demo results": the settings compared).

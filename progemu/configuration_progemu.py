@@ -57,7 +57,7 @@ class ProgEmuConfig(PreTrainedConfig):
             ``"prior_prompt"`` (ProgEmu as published): ``<bos> IMG(prior) prompt IMG(target) text <eos>``.
             The default keeps the distance from each prior code to the target code at the same place
             constant (one image block) whatever the prompt's length, which made copying the unchanged
-            anatomy easy for RoPE in the feasibility run (NOTES.md); ProgEmu's order is kept for fidelity.
+            anatomy easy for RoPE in the feasibility run; ProgEmu's order is kept for fidelity.
         max_position_embeddings: the context (tokens); longer sequences are refused by the processor.
         tie_word_embeddings: share input embeddings and LM head (False, as Emu3).
         image_loss_weight, text_loss_weight: weights of supervised tokens inside / outside image blocks,
