@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import BertConfig, Dinov2Config, Dinov2Model
 
     from eval.chexbert import BertLabeler, CheXbert
-    from eval.classifier import Evaluator, EvaluatorSpec
     from eval.image_metrics import frechet_distance
     from eval.raddino import RAD_DINO_PROCESSOR, RadDino
     from eval.xrv import XRVDenseNet, XRVEvaluator
+    from progemu.classifier import Evaluator, EvaluatorSpec
 
     rng = np.random.default_rng(0)
     imgs = rng.random((args.n, 256, 256)).astype(np.float32)

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from eval import classifier, train_evaluators
+from eval import train_evaluators
 from eval.backends import StandardBackends, load_standard, parse_evaluators
 from eval.data import EvalItem, eval_items, load_gray, load_records
 from eval.image_metrics import fit, frechet_distance, overlay
 from eval.metrics import EvalData, System, evaluate_system
 from eval.outputs import load_guidance, read_generated, run_generation
 from eval.report import GalleryItem, write_report
+from progemu import classifier
 from progemu.errors import ProgEmuError
 from progemu.io import write_json_atomic
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.classifier import Evaluator
 from eval.image_metrics import frechet_distance, guidance_scores, psnr, ssim, ssim_outside
 from eval.labeler import NEGATIVE, POSITIVE, label_text
 from eval.scores import binary_scores, multilabel_scores
 from eval.text_metrics import text_metrics
+from progemu.classifier import Evaluator
 
 
 @dataclass

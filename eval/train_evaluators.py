@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.classifier import Evaluator, EvaluatorSpec, SmallCXRNet
 from eval.data import AGE_GROUPS, ImageTable, load_records
 from eval.scores import multiclass_scores, multilabel_scores, youden_thresholds
+from progemu.classifier import Evaluator, EvaluatorSpec, SmallCXRNet
 from progemu.data.records import CHEXPERT_LABELS
 from progemu.io import write_json_atomic
 
@@ -85,7 +85,7 @@ def train_one(name: str, kind: str, classes: list[str], train: tuple[np.ndarray,
     torch.manual_seed(seed)
     spec = EvaluatorSpec(name=name, kind=kind, classes=classes, image_size=size, width=width)
     ev = Evaluator(spec)
-    from eval.classifier import to_batch
+    from progemu.classifier import to_batch
 
     ytype = torch.float32 if kind == "multilabel" else torch.long
     t0 = time.time()

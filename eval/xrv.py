@@ -144,7 +144,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class BackendSpec:
-    """What a standard evaluator predicts, shaped like ``eval.classifier.EvaluatorSpec`` for the metrics."""
+    """What a standard evaluator predicts, shaped like ``progemu.classifier.EvaluatorSpec`` for the metrics."""
 
     name: str
     kind: str

@@ -1,6 +1,10 @@
-"""One finding vocabulary and one negation-aware sentence parser for radiology text (reports, prompts,
-interpretations, edit instructions), shared by the labeler and, through ``Mention.key``, by whatever needs the
-SynthCXR finding keys (synthesis, prompt parsing, region selection).
+"""The package's one finding vocabulary and one negation-aware sentence parser for radiology text (reports,
+prompts, interpretations, edit instructions). The synthetic generator (``progemu.synth``), region selection
+(``progemu.generation.region``), prompt augmentation (``train.examples``) and the labeler (``eval.labeler``) all
+read findings through it.
+
+``FINDINGS``: the SynthCXR findings that prompts edit (key, name, synonyms, CheXpert label and parents, side,
+zones); their synonyms join the CheXpert mention patterns, and ``Mention.key`` maps a mention back to its key.
 
 In the spirit of the CheXpert / NegBio labelers (mention -> negation -> uncertainty), as rules that need no
 model. A text is normalised (lower case; de-identification placeholders such as ``XXXX`` / ``___`` become one
@@ -16,8 +20,8 @@ neutral word), split into sentences and clauses. Per clause, in order:
 5. a subject list that is said to be normal ("The heart, mediastinum and pulmonary vasculature are within
    normal limits") negates the findings not mentioned otherwise.
 
-Change words (new, increased, decreased, resolved, unchanged) attach to the findings of their clause, else of
-their sentence; a sentence with a change word and no finding sets the text's global change.
+Change words (new, increased, decreased, resolved, unchanged) and side words attach to the findings of their
+clause, else of their sentence; a sentence with a change word and no finding sets the text's global change.
 
     >>> [(m.label, m.polarity, m.side) for m in parse_text("No pneumothorax. Possible small left effusion.").mentions]
     [('Pneumothorax', 'negative', None), ('Pleural Effusion', 'uncertain', 'left')]
@@ -25,9 +29,8 @@ their sentence; a sentence with a change word and no finding sets the text's glo
 
 from __future__ import annotations
 
-import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 POSITIVE, NEGATIVE, UNCERTAIN = "positive", "negative", "uncertain"
 CHANGE_WORDS: tuple[str, ...] = ("new", "resolved", "increased", "decreased", "unchanged")
@@ -35,6 +38,64 @@ CHANGE_WORDS: tuple[str, ...] = ("new", "resolved", "increased", "decreased", "u
 SYNTH_CHANGE: dict[str, str] = {"new": "new", "resolved": "resolved", "increased": "worsened",
                                 "decreased": "improved", "unchanged": "unchanged"}
 NO_FINDING = "No Finding"
+
+
+# The findings SynthCXR draws and prompts edit, with their canonical keys; region selection bounds an edit by the
+# anatomy of these keys, and the evaluation maps them to CheXpert labels.
+@dataclass(frozen=True)
+class FindingSpec:
+    """One finding type: canonical key, names, CheXpert label, side and where it may sit."""
+
+    key: str
+    name: str  # as used in "Add the finding of <name>"
+    label: str  # CheXpert label set to 1.0 when present
+    parents: tuple[str, ...]  # CheXpert parent labels implied by it
+    synonyms: tuple[str, ...]  # phrases a report may use (lower case), the name first
+    lateral: bool  # has a side (right / left)
+    zones: tuple[str, ...]  # lung zones it may occupy; () when the location is fixed
+    size_words: tuple[str, str, str]  # words for mild / moderate / severe in reports ("small", ...)
+
+
+ZONES: tuple[str, ...] = ("upper", "middle", "lower")
+FINDINGS: dict[str, FindingSpec] = {
+    spec.key: spec
+    for spec in (
+        FindingSpec("pleural_effusion", "pleural effusion", "Pleural Effusion", (),
+                    ("pleural effusion", "effusion", "pleural fluid"), True, ("lower",),
+                    ("small", "moderate", "large")),
+        FindingSpec("cardiomegaly", "cardiomegaly", "Cardiomegaly", ("Enlarged Cardiomediastinum",),
+                    ("cardiomegaly", "enlarged cardiac silhouette", "enlargement of the cardiac silhouette",
+                     "cardiac enlargement"), False, (), ("mild", "moderate", "severe")),
+        FindingSpec("consolidation", "consolidation", "Consolidation", ("Lung Opacity",),
+                    ("consolidation", "airspace opacity", "airspace consolidation", "airspace disease"), True,
+                    ZONES, ("patchy", "moderate", "extensive")),
+        FindingSpec("edema", "edema", "Edema", ("Lung Opacity",),
+                    ("pulmonary edema", "edema", "interstitial edema", "alveolar edema"), False, (),
+                    ("mild", "moderate", "severe")),
+        FindingSpec("pneumothorax", "pneumothorax", "Pneumothorax", (),
+                    ("pneumothorax",), True, ("upper",), ("small", "moderate", "large")),
+        FindingSpec("atelectasis", "atelectasis", "Atelectasis", ("Lung Opacity",),
+                    ("atelectasis", "plate-like atelectasis", "subsegmental atelectasis", "linear atelectasis"), True,
+                    ("lower", "middle"), ("minimal", "moderate", "extensive")),
+        FindingSpec("nodule", "lung nodule", "Lung Lesion", ("Lung Opacity",),
+                    ("nodule", "pulmonary nodule", "nodular opacity", "mass", "lung nodule"), True, ZONES,
+                    ("small", "moderate-sized", "large")),
+    )
+}
+FINDING_KEYS: tuple[str, ...] = tuple(FINDINGS)
+# the SynthCXR key of each CheXpert label that exactly one finding sets
+_KEY_OF_LABEL: dict[str, str] = {s.label: k for k, s in FINDINGS.items()
+                                 if sum(t.label == s.label for t in FINDINGS.values()) == 1}
+
+
+def resolve_finding(text: str) -> str:
+    """The canonical key of a finding given its key, name, CheXpert label or a synonym (case-insensitive)."""
+    t = text.strip().lower().replace("_", " ")
+    for key, spec in FINDINGS.items():
+        if t in (key.replace("_", " "), spec.name, spec.label.lower()) or t in spec.synonyms:
+            return key
+    raise KeyError(f"unknown finding {text!r}; known: {', '.join(FINDINGS)}")
+
 
 # Mention patterns per CheXpert finding (regex alternatives on normalised text); SynthCXR's synonyms are added.
 MENTIONS: dict[str, str] = {
@@ -171,25 +232,20 @@ _SUBJECT_RES = {k: re.compile(v) for k, v in NORMAL_SUBJECTS.items()}
 _OPACITY_ONLY = {"airspace disease"}
 
 
-@functools.lru_cache(maxsize=1)
-def _mention_res() -> dict[str, re.Pattern]:
-    """The mention patterns with SynthCXR's synonyms (``progemu.synth.vocabulary``), compiled once; imported late
-    so that the synthetic generator may use this module."""
-    from progemu.synth.vocabulary import FINDINGS
-
-    out = dict(MENTIONS)
+def _with_synonyms(patterns: dict[str, str]) -> dict[str, re.Pattern]:
+    out = dict(patterns)
     for spec in FINDINGS.values():
         words = [w for w in spec.synonyms if w not in _OPACITY_ONLY]
         out[spec.label] = f"{out[spec.label]}|" + "|".join(re.escape(w) for w in words)
     return {k: re.compile(v) for k, v in out.items()}
 
 
+_MENTION_RES = _with_synonyms(MENTIONS)
+
+
 def finding_key(label: str) -> str | None:
     """The SynthCXR finding key (``pleural_effusion``) whose own CheXpert label is ``label``, if exactly one."""
-    from progemu.synth.vocabulary import label_to_findings
-
-    keys = label_to_findings(label)
-    return keys[0] if len(keys) == 1 else None
+    return _KEY_OF_LABEL.get(label)
 
 
 @dataclass(frozen=True)
@@ -203,6 +259,7 @@ class Mention:
     chronic: bool = False  # "old", "healed", "calcified", "chronic", "degenerative" ...
     sentence: int = 0  # index of its sentence in the text
     text: str = ""  # the words that named it
+    normal: bool = False  # a statement that the organ is normal ("The heart size is normal."), not a finding's name
 
     @property
     def key(self) -> str | None:
@@ -259,7 +316,11 @@ def _side(clause: str, start: int, end: int) -> str | None:
             best = (dist, m[0])
     if best is None:
         return None
-    return best[1] if best[1] in ("right", "left") else "bilateral"
+    return _side_word(best[1])
+
+
+def _side_word(word: str) -> str:
+    return word if word in ("right", "left") else "bilateral"
 
 
 def _polarity(work: str, start: int, end: int, change: str | None) -> str:
@@ -277,11 +338,12 @@ def parse_clause(clause: str, sentence: int = 0) -> tuple[list[Mention], str | N
     """The mentions of one clause (normalised text) and its change word."""
     change = first_change(clause)
     work, found = clause, []  # (start, end, label, polarity)
+    normal = set()  # (start, label) of the statements that something is normal
     for label, rx in _OTHER_RES.items():
         for m in rx.finditer(work):
             found.append((m.start(), m.end(), label, NEGATIVE if _NEG_PRE_RE.search(work[:m.start()]) else POSITIVE))
             work = _blank(work, m.start(), m.end())
-    res = _mention_res()
+    res = _MENTION_RES
     m = res[NO_FINDING].search(work)
     if m:
         found.append((m.start(), m.end(), NO_FINDING, POSITIVE))  # its patterns carry their own "no"
@@ -290,6 +352,7 @@ def parse_clause(clause: str, sentence: int = 0) -> tuple[list[Mention], str | N
         m = rx.search(work)
         if m:
             found.append((m.start(), m.end(), label, NEGATIVE))
+            normal.add((m.start(), label))
     done = {f[2] for f in found}
     for label, rx in res.items():
         m = rx.search(work)
@@ -312,22 +375,29 @@ def parse_clause(clause: str, sentence: int = 0) -> tuple[list[Mention], str | N
             m = rx.search(subject)
             if m and label not in done and not _NEG_PRE_RE.search(subject):
                 found.append((base + m.start(), base + m.end(), label, NEGATIVE))
+                normal.add((base + m.start(), label))
                 done.add(label)
     out = [Mention(label, pol, _side(clause, s, e), change if label != NO_FINDING else None,
-                   bool(_CHRONIC.search(clause)), sentence, clause[s:e]) for s, e, label, pol in sorted(found)]
+                   bool(_CHRONIC.search(clause)), sentence, clause[s:e], (s, label) in normal)
+           for s, e, label, pol in sorted(found)]
     return out, change
 
 
 def parse_sentence(sentence: str, index: int = 0) -> tuple[list[Mention], str | None]:
     """The mentions of one sentence and the sentence's first change word. A mention whose clause has no change
-    word takes the sentence's ("A round opacity is now seen, ..., suggesting a nodule": the nodule is new)."""
-    clauses = [parse_clause(c.strip(), index) for c in _BREAK.split(normalise(sentence)) if c.strip()]
+    word takes the sentence's ("A round opacity is now seen, ..., suggesting a nodule": the nodule is new); one
+    whose clause names no side takes the sentence's side where the sentence names one ("Linear opacities are
+    now seen in the right lower lung, consistent with atelectasis": the atelectasis is right)."""
+    text = normalise(sentence)
+    clauses = [parse_clause(c.strip(), index) for c in _BREAK.split(text) if c.strip()]
     sentence_change = next((ch for _, ch in clauses if ch), None)
+    sides = {_side_word(m[0]) for m in _SIDE.finditer(text)}
+    sentence_side = sides.pop() if len(sides) == 1 else None
     out = []
     for mentions, _ in clauses:
         for m in mentions:
             ch = m.change or (sentence_change if m.label != NO_FINDING else None)
-            out.append(Mention(m.label, m.polarity, m.side, ch, m.chronic, m.sentence, m.text))
+            out.append(replace(m, side=m.side or sentence_side, change=ch))
     return out, sentence_change
 
 
@@ -340,3 +410,19 @@ def parse_text(text: str | None) -> ParsedText:
         if change and not mentions:
             out.global_change = out.global_change or change
     return out
+
+
+def states_absence(sentence: str) -> bool:
+    """True when a sentence carries a negation cue ("No pneumothorax.", "The effusion has resolved.", "No
+    significant interval change."): it states that something is absent. A hedged "cannot be excluded" is not one."""
+    text = _HEDGED_NEGATION.sub(" ", normalise(sentence))
+    return bool(_NEG_PRE_RE.search(text) or _NEG_POST_RE.search(text))
+
+
+def asks_change(mention: Mention) -> bool:
+    """True when a prompt's mention asks a SynthCXR finding to change: a known finding that the sentence neither
+    keeps ("Stable ...", "... is unchanged") nor denies ("No pneumothorax.", "The heart size is normal."); a
+    finding that resolves changes."""
+    if mention.key is None or mention.change == "unchanged":
+        return False
+    return mention.polarity != NEGATIVE or mention.change == "resolved"

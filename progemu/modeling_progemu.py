@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,6 @@ from transformers.utils.import_utils import is_flash_attn_2_available
 
 from progemu.configuration_progemu import ProgEmuConfig
 from progemu.vocab import VocabLayout
-
-# the name of the KV-cache argument / output field of the installed transformers ("cache" from 5.2x on)
-_CACHE_KW = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 @contextmanager
@@ -155,7 +152,6 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         loss_weights: torch.Tensor | None = None,
@@ -169,17 +165,15 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
         its image / text weights there); without it, tokens inside ``<boi>...<eoi>`` blocks weigh
         ``config.image_loss_weight`` and the others ``config.text_loss_weight``. ``num_items_in_batch`` (from the HF Trainer under gradient
         accumulation) replaces the per-batch normaliser ``sum(weights)``."""
-        # transformers renamed `past_key_values` to `cache` within 5.x: accept both, pass the backbone's name
-        cache = cache if cache is not None else past_key_values
         with no_cudnn_attention() if not self.training else nullcontext():
             outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 inputs_embeds=inputs_embeds, use_cache=use_cache, **{_CACHE_KW: cache}, **kwargs)
+                                 inputs_embeds=inputs_embeds, use_cache=use_cache, cache=cache, **kwargs)
         hidden = outputs.last_hidden_state  # (B, T, D)
         slice_ = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, slice_, :])  # (B, T', V)
 
         result = ProgEmuCausalLMOutput(logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions, **{_CACHE_KW: getattr(outputs, _CACHE_KW)})
+                                       attentions=outputs.attentions, cache=outputs.cache)
         if labels is not None:
             self._loss(result, logits, labels, input_ids, loss_weights, num_items_in_batch)
         return result

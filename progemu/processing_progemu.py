@@ -23,7 +23,6 @@ from these pieces.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -293,11 +292,6 @@ class ProgEmuProcessor(ProcessorMixin):
 
             proc.vq_model = ProgEmuVQModel.from_pretrained(str(vq_dir)).eval()
         return proc
-
-    @staticmethod
-    def ingest_options_dict(options: Any) -> dict:
-        """`IngestOptions` -> the JSON-able dict the processor stores."""
-        return dataclasses.asdict(options)
 
 
 __all__ = ["IMAGE_TASKS", "TASKS", "ProgEmuProcessor"]

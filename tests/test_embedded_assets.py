@@ -64,7 +64,7 @@ def test_embedded_checkpoint_edits_only_inside_the_mask_and_writes_text(tmp_path
 
 
 def test_embedded_evaluators_carry_their_heldout_scores():
-    from eval import classifier
+    from progemu import classifier
 
     names = classifier.available(EVALUATORS)
     assert {"findings", "sex", "age_group"} <= set(names)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from eval.classifier import Evaluator
 from eval.data import ImageTable
 from eval.train_evaluators import train_all
+from progemu.classifier import Evaluator
 
 SIZE = 64
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.classifier import Evaluator, available
 from eval.data import ImageTable, load_records
 from eval.evaluate import evaluate, vq_round_trip
 from eval.image_metrics import fit
 from eval.train_evaluators import train_all
+from progemu.classifier import Evaluator, available
 
 SIZE = 64
 

@@ -5,7 +5,7 @@ write real reports, rule by rule (tests/findings_table.py: text -> every CheXper
 import pytest
 
 from eval.labeler import label_text
-from progemu.findings import parse_text, split_sentences
+from progemu.findings import FINDINGS, asks_change, parse_text, resolve_finding, split_sentences, states_absence
 from tests.findings_table import ATL, CARD, CONS, EFF, LO, PTX, ROWS, N, P, U
 
 
@@ -62,3 +62,41 @@ def test_normalise_and_sentences():
     assert split_sentences("FINDINGS: XXXX are intact.  Heart size normal.\nIMPRESSION: ___ clear.") == [
         "findings: xxxx are intact.", "heart size normal.", "impression: xxxx clear."]
     assert parse_text("").mentions == [] and parse_text(None).global_change is None
+
+
+def test_every_synthcxr_name_and_synonym_maps_back_to_its_key():
+    """The vocabulary and the parser agree: a sentence naming a finding by any of its words yields its key."""
+    for key, spec in FINDINGS.items():
+        for word in {spec.name, *spec.synonyms} - {"airspace disease"}:  # a report's word for any opacity
+            (m, *_) = [m for m in parse_text(f"There is a new {word}.").mentions if m.key]
+            assert (m.key, m.polarity, m.change) == (key, P, "new"), word
+        assert resolve_finding(spec.label) == key and resolve_finding(key) == key
+
+
+def test_a_clause_without_a_side_takes_its_sentences_side():
+    ms = parse_text("Linear opacities are now seen in the right lower lung, consistent with atelectasis. "
+                    "Opacity at the left base and right apex, suggesting atelectasis.").mentions
+    assert [(m.key, m.side) for m in ms if m.key] == [("atelectasis", "right"), ("atelectasis", None)]
+
+
+@pytest.mark.parametrize("sentence, change", [
+    ("Moderate pleural effusion has developed in the left lower lung.", True),
+    ("The pneumothorax at the right apex has resolved.", True),  # a resolution is a change
+    ("Remove the finding of cardiomegaly.", True),
+    ("Stable severe mass in the right middle lung.", False),  # kept
+    ("Moderate edema is unchanged.", False),
+    ("No pleural effusion is seen.", False),  # denied
+    ("The heart size is normal.", False),
+])
+def test_asks_change(sentence, change):
+    assert any(asks_change(m) for m in parse_text(sentence).mentions) == change
+
+
+@pytest.mark.parametrize("sentence, absent", [
+    ("No pneumothorax.", True), ("There is no pneumothorax.", True), ("The effusion has resolved.", True),
+    ("The edema is no longer present.", True), ("No significant interval change.", True),
+    ("The heart size is normal.", False), ("Stable moderate cardiomegaly.", False),
+    ("Pneumonia cannot be excluded.", False), ("Add the finding of mild edema.", False),
+])
+def test_states_absence(sentence, absent):
+    assert states_absence(sentence) == absent

@@ -88,6 +88,23 @@ def test_asks_no_change_only_when_nothing_changes():
         assert not asks_no_change(text), text
 
 
+def test_synthcxr_prompts_and_instructions_name_exactly_the_pairs_changes():
+    """On SynthCXR, where the truth is known: a prompt or edit instruction changes nothing exactly when the pair
+    does not change, else parse_findings gives the pair's changed findings with their sides, in order."""
+    from progemu.findings import FINDINGS
+    from progemu.synth import SynthCXR
+
+    gen = SynthCXR(size=64, seed=7)
+    for i in range(48):
+        p = gen.pair(i)
+        changes = [c for c in p.changes if c.kind != "unchanged"]
+        want = [(c.key, c.state.side if FINDINGS[c.key].lateral else None) for c in changes]
+        for text in (p.prompt, p.instruction):
+            assert asks_no_change(text) == (not changes), text
+            if changes:
+                assert parse_findings(text) == want, text
+
+
 def test_nih_boxes_union_and_side(tmp_path):
     path = tmp_path / "BBox_List_2017.csv.gz"
     with gzip.open(path, "wt") as fh:

@@ -50,10 +50,10 @@ def test_generate_and_cached_equals_uncached(proc):
     with torch.no_grad():  # step by step through a DynamicCache == one full forward
         full = model(out).logits
         cache = DynamicCache(config=model.config.get_text_config())
-        step = model(out[:, :-4], past_key_values=cache, use_cache=True)  # the name every 5.x accepts
+        step = model(out[:, :-4], cache=cache, use_cache=True)
         parts = [step.logits]
         for t in range(out.shape[1] - 4, out.shape[1]):
-            step = model(out[:, t: t + 1], past_key_values=step.past_key_values, use_cache=True)
+            step = model(out[:, t: t + 1], cache=step.cache, use_cache=True)
             parts.append(step.logits)
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-4, rtol=1e-4)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from progemu.data.records import CHEXPERT_LABELS
+from progemu.findings import resolve_finding
 from progemu.synth import FINDING_KEYS, FINDINGS, SynthCXR, anatomical_prior
 from progemu.synth.text import NEW_VERBS
-from progemu.synth.vocabulary import resolve_finding
 
 N_PAIRS = 60
 

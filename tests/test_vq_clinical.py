@@ -1,4 +1,4 @@
-"""Clinical fidelity of the tokenizer (tokenizer.vq_clinical): an identity codec changes nothing, scores on the
+"""Clinical fidelity of the tokenizer (eval.vq_clinical): an identity codec changes nothing, scores on the
 originals do not depend on the codec, differences are reconstruction minus original in points, the loader gives
 priors and follow-ups in order, the retrained-classifier check runs, and the command writes its JSON."""
 
@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval.classifier import Evaluator, EvaluatorSpec
 from eval.data import load_gray, load_records
-from progemu.configuration_vq import ProgEmuVQConfig
-from progemu.modeling_vq import ProgEmuVQModel
-from tokenizer.vq_clinical import (
+from eval.vq_clinical import (
     clinical_fidelity,
     load_table,
     main,
@@ -23,6 +20,9 @@ from tokenizer.vq_clinical import (
     table_markdown,
     vq_codec,
 )
+from progemu.classifier import Evaluator, EvaluatorSpec
+from progemu.configuration_vq import ProgEmuVQConfig
+from progemu.modeling_vq import ProgEmuVQModel
 
 SIZE = 64
 FINDINGS = ["No Finding", "Cardiomegaly", "Lung Opacity", "Pleural Effusion"]

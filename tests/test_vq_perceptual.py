@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from eval.classifier import Evaluator, EvaluatorSpec
+from progemu.classifier import Evaluator, EvaluatorSpec
 from tokenizer.perceptual import ClassifierFeatureLoss
 
 

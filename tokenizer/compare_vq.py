@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import torch
 
+    from progemu.generation.fidelity import reconstruct
     from progemu.modeling_vq import ProgEmuVQModel
     from tokenizer.train_vq import train
-    from tokenizer.vq_eval import load_pairs, locality, pair_locality, reconstruct
+    from tokenizer.vq_eval import load_pairs, locality, pair_locality
     from tokenizer.vq_presets import get_preset
 
     out = Path(args.out)

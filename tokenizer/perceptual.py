@@ -2,7 +2,7 @@
 
 LPIPS compares a pretrained VGG's activations; chest X-ray findings need features that know what a tube, a
 pleural line or a nodule is, and no such weights can be downloaded here. So the loss compares the activations of
-the project's own small CXR classifiers (``eval.classifier.SmallCXRNet``: findings, age group, ...) on the
+the project's own small CXR classifiers (``progemu.classifier.SmallCXRNet``: findings, age group, ...) on the
 original and the reconstruction: channel-normalised features after every stage (as LPIPS), plus the logits.
 
 The networks are trained with ``python -m eval.train_evaluators --data DIR --out runs/vq-perceptual --seed 1``: a
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.classifier import Evaluator, available
+from progemu.classifier import Evaluator, available
 
 
 class ClassifierFeatureLoss(nn.Module):

@@ -17,26 +17,12 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from progemu.generation.fidelity import reconstruct, reconstruction_scores, validation_figures
 from tokenizer.vq_losses import CodeUsage
-
-
-@torch.no_grad()
-def reconstruct(model, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S) in [0, 1] -> reconstructions (N, S, S) in [0, 1] and codes (N, h, w)."""
-    device = next(model.parameters()).device
-    recs, codes = [], []
-    for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size])[:, None].to(device) * 2 - 1  # (B, 1, S, S)
-        c = model.encode(x)
-        recs.append(((model.decode(c).float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
-        codes.append(c.cpu().numpy())
-    return np.concatenate(recs), np.concatenate(codes)
 
 
 def validation_entry(model, images: np.ndarray, data: str) -> dict:
     """The config's ``validation`` figures: per-image PSNR / SSIM of ``images`` (held-out images of ``data``)."""
-    from progemu.generation.fidelity import reconstruction_scores, validation_figures
-
     recs, _ = reconstruct(model, images)
     return validation_figures([reconstruction_scores(a, b) for a, b in zip(images, recs)], data, images.shape[-1])
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from progemu.findings import states_absence
 from progemu.processing_progemu import TASKS
 
 IGNORE = -100
@@ -31,19 +32,18 @@ MASK_MODES: dict[str, frozenset[str]] = {  # which segments carry labels
 }
 _IMAGE_ROLES = frozenset({"prior", "target_image"})
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+")
-# A sentence that states an absence or a resolution ("No pneumothorax.", "The effusion has resolved.").
-_NEGATIVE = re.compile(r"\b(no|not|without|negative|resolved|absent|free of|unremarkable|clear)\b", re.IGNORECASE)
 
 
 def augment_prompt(prompt: str, rng: random.Random, p: float) -> str:
     """ProgEmu's prompt augmentation: with probability ``p`` shuffle the sentences, and (independently, with
-    probability ``p``) drop one negative sentence. A one-sentence prompt is returned unchanged."""
+    probability ``p``) drop one negative sentence (``progemu.findings.states_absence``: "No pneumothorax.", "The
+    effusion has resolved."). A one-sentence prompt is returned unchanged."""
     sents = [s for s in _SENTENCE.split(prompt.strip()) if s]
     if len(sents) < 2 or p <= 0:
         return prompt
     if rng.random() < p:
         rng.shuffle(sents)
-    negative = [i for i, s in enumerate(sents) if _NEGATIVE.search(s)]
+    negative = [i for i, s in enumerate(sents) if states_absence(s)]
     if negative and rng.random() < p:
         del sents[rng.choice(negative)]
     return " ".join(sents)

@@ -4,12 +4,7 @@
     make finetune [CONFIG=base-finetune NGPUS=8 NNODES=2 HOSTFILE=hosts RESUME=1]
 """
 
-from train.run import run_stage
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_stage("finetune", argv, default_config="tiny-finetune")
-
+from train.run import main
 
 if __name__ == "__main__":
-    main()
+    main("finetune")

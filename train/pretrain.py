@@ -4,12 +4,7 @@
     make pretrain [CONFIG=base-pretrain NGPUS=8 NNODES=2 HOSTFILE=hosts RESUME=1]
 """
 
-from train.run import run_stage
-
-
-def main(argv: list[str] | None = None) -> None:
-    run_stage("pretrain", argv, default_config="tiny-pretrain")
-
+from train.run import main
 
 if __name__ == "__main__":
-    main()
+    main("pretrain")

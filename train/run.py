@@ -1,7 +1,7 @@
 """One training stage from its run config: processor, data, model, Trainer, train, save, consolidate.
 
-``train/pretrain.py`` and ``train/finetune.py`` call `run_stage` with their default preset; everything that
-differs between the stages (tasks, data, initial weights, schedule) is in the YAML.
+``python -m train.pretrain`` and ``python -m train.finetune`` both run `main` with their stage's name; everything
+that differs between the stages (tasks, data, initial weights, schedule) is in the YAML.
 """
 
 from __future__ import annotations
@@ -253,3 +253,12 @@ def finish(trainer: Any, args: TrainingArguments) -> Path | None:
     final = consolidate(ckpt, out / "final")
     log.info("consolidated %s -> %s", ckpt, final)
     return final
+
+
+# the preset a stage's command runs without --config
+DEFAULT_CONFIGS: dict[str, str] = {"pretrain": "tiny-pretrain", "finetune": "tiny-finetune"}
+
+
+def main(stage: str, argv: list[str] | None = None) -> None:
+    """The command line of one stage (``train.pretrain`` / ``train.finetune``)."""
+    run_stage(stage, argv, default_config=DEFAULT_CONFIGS[stage])

@@ -13,12 +13,27 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 # "far below": under the 1st percentile of the tokenizer's validation images by this margin as well; what its
 # own validation data reaches almost always passes, what it has never seen falls below
 PSNR_MARGIN_DB = 1.0
 SSIM_MARGIN = 0.03
+
+
+def reconstruct(model: Any, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Encode -> decode (N, S, S) [0, 1] images with a ``ProgEmuVQModel``: reconstructions (N, S, S) in [0, 1] and
+    codes (N, h, w)."""
+    device = next(model.parameters()).device
+    recs, codes = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[i : i + batch_size])[:, None].to(device) * 2 - 1  # (B, 1, S, S)
+            c = model.encode(x)
+            recs.append(((model.decode(c).float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
+            codes.append(c.cpu().numpy())
+    return np.concatenate(recs), np.concatenate(codes)
 
 
 PSNR_CAP_DB = 100.0  # an exact reconstruction (infinite PSNR) is recorded as this, so that JSON stays valid

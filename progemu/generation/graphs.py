@@ -22,11 +22,11 @@ class StaticStep:
     """Runs ``decoder`` one column at a time over a ``StaticCache`` of ``max_length`` slots, ``mask`` (R, L) being
     the prompt's attention mask (0 on left padding) already in the cache."""
 
-    def __init__(self, decoder: torch.nn.Module, cache: StaticCache, cache_kw: str, mask: torch.Tensor,
-                 max_length: int, dtype: torch.dtype):
+    def __init__(self, decoder: torch.nn.Module, cache: StaticCache, mask: torch.Tensor, max_length: int,
+                 dtype: torch.dtype):
         rows, filled = mask.shape
         device = mask.device
-        self.decoder, self.cache, self.cache_kw = decoder, cache, cache_kw
+        self.decoder, self.cache = decoder, cache
         self.capture = device.type == "cuda"
         self.min = torch.finfo(dtype).min
         # (R, 1, 1, max_length): 0 where a slot holds a real token, the dtype's minimum elsewhere (padding, empty)
@@ -48,7 +48,7 @@ class StaticStep:
 
     def _forward(self) -> torch.Tensor:
         kwargs = {"input_ids": self.ids, "attention_mask": self.mask, "position_ids": self.pos, "use_cache": True,
-                  self.cache_kw: self.cache}
+                  "cache": self.cache}
         with no_cudnn_attention():
             return self.decoder(**kwargs).last_hidden_state[:, -1]  # (R, D)
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from progemu.generation.stream import _forward_kwargs, head_logits, left_pad, split_head
+from progemu.generation.stream import head_logits, keeps_logits, left_pad, split_head
 from progemu.vocab import VocabLayout
 
 METHODS = ("kl", "nll")
@@ -54,7 +54,7 @@ def _code_logits(model: torch.nn.Module, layout: VocabLayout, rows: list[list[in
     if decoder is not None:  # only the code rows of the head: no (R, positions, full vocabulary) tensor
         hidden = decoder(**kwargs).last_hidden_state[:, -keep:]  # (R, image_length + 1, D)
         return head_logits(head, hidden[:, offs], lo, hi).float()
-    if _forward_kwargs(model)[1]:
+    if keeps_logits(model):
         kwargs["logits_to_keep"] = keep
     logits = model(**kwargs).logits[:, -keep:]  # (R, image_length + 1, V)
     return logits[:, offs, lo:hi].float()

@@ -309,7 +309,9 @@ class CounterfactualPipeline:
             decoded = edit_mask.cpu() & dilate(out.codes.cpu() != prior.cpu(), PASTE_RING)
             images = [paste_prior(images[row], priors[i], decoded[row]) for row, i in enumerate(rep)]
         for row, i in enumerate(rep):
-            text = proc.tokenizer.decode(out.text_ids[row], skip_special_tokens=True).strip()
+            # read back as any generated continuation is (the image block, then the text): a malformed one raises
+            block = out.image_ids[row].tolist() if out.image_ids is not None else []
+            _, text = proc.parse_generation(block + out.text_ids[row], task)
             g = guid_grids[i]
             results.append(GenerationResult(
                 id=items[i].id, sample=row % k, seed=seeds[row], text=text,

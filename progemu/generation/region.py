@@ -14,14 +14,13 @@ which blurs them (PSNR ~30 dB), so only pasting makes "nothing outside the regio
 
 A cell is editable when any part of it is (``min_coverage=0``): a local change in pixels touches every code
 whose patch it overlaps. ``dilate`` widens a mask by whole cells, because the tokenizer's receptive field
-spreads a local edit over neighbouring codes (NOTES.md: one finding changed ~20 of 64 codes).
+spreads a local edit over neighbouring codes (one finding changed ~20 of a grid's 64 codes in a tiny VQ).
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from progemu.errors import IngestError
+from progemu.findings import FINDINGS, Mention, asks_change, parse_sentence, parse_text, split_sentences
 
 REGION_SOURCES: tuple[str, ...] = ("none", "mask", "anatomy", "auto")
 
@@ -88,66 +88,45 @@ def dilate(mask: torch.Tensor, cells: int) -> torch.Tensor:
     return m.reshape(*lead, *mask.shape[-2:]) > 0
 
 
-def _named_findings(low: str) -> list[str]:
-    """SynthCXR finding keys named in lower-case ``low``, in order of first mention."""
-    from progemu.synth.vocabulary import FINDINGS
-
-    hits = []
-    for key, spec in FINDINGS.items():
-        starts = [m.start() for syn in (spec.name, key.replace("_", " "), *spec.synonyms)
-                  if (m := re.search(rf"\b{re.escape(syn)}(e?s)?\b", low))]  # plurals: "effusions"
-        if starts:
-            hits.append((min(starts), key))
-    return [key for _, key in sorted(hits)]
-
-
-def _side(key: str, low: str) -> str | None:
-    """"left"/"right" when ``low`` names exactly one side and the finding has sides; else None (both, bilateral)."""
-    from progemu.synth.vocabulary import FINDINGS
-
-    sides = [s for s in ("left", "right") if re.search(rf"\b{s}\b", low)]
-    return sides[0] if FINDINGS[key].lateral and len(sides) == 1 else None
+def _lateral_side(mention: Mention, side: str | None) -> str | None:
+    """``side`` when it is "left" / "right" and the finding has sides; else None (both, bilateral, none)."""
+    return side if side in ("left", "right") and FINDINGS[mention.key].lateral else None
 
 
 def parse_finding(text: str) -> tuple[str, str | None] | None:
-    """The first SynthCXR finding named in ``text`` and its side ("left"/"right"/None), or None."""
-    low = text.lower()
-    named = _named_findings(low)
-    return (named[0], _side(named[0], low)) if named else None
-
-
-# sentences that name a finding without asking it to change: kept ("Stable ...", "... is unchanged") or denied
-# ("No pneumothorax.", "There is no ...", "The heart size is normal.")
-_KEEPS = re.compile(r"\b(unchanged|stable|no (significant |interval )*change|is normal)\b")
-_DENIES = re.compile(r"^(there (is|are) )?(no|without)\b")
-
-
-def _sentences(text: str) -> list[str]:
-    return [s.lower().strip() for s in re.split(r"(?<=[.;!?])\s+", text.strip())]
-
-
-def _changing_sentences(text: str) -> list[str]:
-    """Lower-case sentences of ``text`` that name a finding and neither keep nor deny it."""
-    return [low for low in _sentences(text)
-            if not (_KEEPS.search(low) or _DENIES.match(low)) and _named_findings(low)]
+    """The first SynthCXR finding named in ``text`` and its side ("left"/"right"/None), or None. "The heart size is
+    normal" names no finding (``Mention.normal``). The side is trusted only where the text names no other: of a
+    whole prompt naming both sides it stays open."""
+    mentions = parse_text(text).mentions
+    named = [m for m in mentions if m.key is not None and not m.normal]
+    if not named:
+        return None
+    sides = {m.side for m in mentions if m.side in ("left", "right")}
+    return named[0].key, _lateral_side(named[0], named[0].side if len(sides) == 1 else None)
 
 
 def asks_no_change(text: str) -> bool:
     """True when ``text`` says things stay as they are ("No significant change ...", "Stable moderate cardiomegaly.")
     and no sentence changes a known finding: then nothing should be edited."""
-    return not _changing_sentences(text) and any(_KEEPS.search(low) for low in _sentences(text))
+    sentences = [parse_sentence(s, i) for i, s in enumerate(split_sentences(text))]
+    mentions = [m for found, _ in sentences for m in found]
+    if any(asks_change(m) for m in mentions):
+        return False
+    return any(m.change == "unchanged" for m in mentions) or any(ch == "unchanged" for _, ch in sentences)
 
 
 def parse_findings(text: str) -> list[tuple[str, str | None]]:
-    """Every finding ``text`` asks to change, each with the side its own sentence names, in order of mention.
+    """Every finding ``text`` asks to change (``progemu.findings.asks_change``), each with the side its own
+    sentence names, in order of mention.
 
     A progression prompt often changes several findings ("Moderate pleural effusion has developed in the left lower
     lung. Moderate cardiomegaly has appeared."); an edit region that covers only the first would forbid the rest.
-    Sentences that keep or deny a finding do not count; where no sentence changes one, the first named finding.
+    Findings kept or denied do not count; where none changes, the first named finding (`parse_finding`).
     """
     out: list[tuple[str, str | None]] = []
-    for low in _changing_sentences(text):
-        out += [(key, _side(key, low)) for key in _named_findings(low) if key not in {k for k, _ in out}]
+    for m in parse_text(text).mentions:
+        if asks_change(m) and m.key not in {k for k, _ in out}:
+            out.append((m.key, _lateral_side(m, m.side)))
     if not out and (first := parse_finding(text)) is not None:
         out = [first]
     return out

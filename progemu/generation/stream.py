@@ -18,11 +18,9 @@ from progemu.generation.kv_cache import FilledCache
 from progemu.modeling_progemu import no_cudnn_attention
 
 
-def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
-    """The cache keyword of this model's forward (``cache`` in transformers >= 5.x, else ``past_key_values``)."""
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    return cache_kw, "logits_to_keep" in params
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether this model's forward takes ``logits_to_keep`` (then it computes the last positions' logits only)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module | None, torch.nn.Linear | None]:
@@ -66,10 +64,8 @@ class TokenStream:
         self.model = model
         self.device = next(model.parameters()).device
         self.use_cache = use_cache
-        self.cache_kw, self.has_keep = _forward_kwargs(model)
+        self.has_keep = keeps_logits(model)
         self.decoder, self.head = split_head(model)
-        if self.decoder is not None:
-            self.cache_kw = _forward_kwargs(self.decoder)[0]
         net = self.decoder if self.decoder is not None else model
         self._attn_config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
         self.ids, self.mask = left_pad(rows, pad_id, self.device)  # (R, L)
@@ -100,7 +96,7 @@ class TokenStream:
         if use_cache and cache == "graph":
             if self.decoder is None:
                 raise ValueError("the graph cache needs a backbone + LM head model (get_decoder)")
-            self.step = StaticStep(self.decoder, self.cache, self.cache_kw, self.mask, max_length,
+            self.step = StaticStep(self.decoder, self.cache, self.mask, max_length,
                                    next(model.parameters()).dtype)
 
     @property
@@ -129,7 +125,7 @@ class TokenStream:
         mask = self.mask if mask is None else mask
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": self.use_cache}
         if self.use_cache:
-            kwargs[self.cache_kw] = self.cache if cache is None else cache
+            kwargs["cache"] = self.cache if cache is None else cache
         self.forwards += 1
         self.tokens_fed += int(ids.numel())
         with no_cudnn_attention(), trimmed_attention(self._attn_config if blocks else None) as trimmed:

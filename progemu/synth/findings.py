@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from progemu.findings import FINDINGS
 from progemu.synth.anatomy import EDGE, LungFields, Patient, bump, grid, lung_shape, ramp, sign
-from progemu.synth.vocabulary import FINDINGS, severity_index
+from progemu.synth.vocabulary import severity_index
 
 CTR_BY_SEVERITY = (None, 0.55, 0.6, 0.65)  # cardiomegaly: cardiothoracic ratio for mild, moderate, severe
 

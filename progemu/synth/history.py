@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from progemu.findings import FINDING_KEYS, FINDINGS
 from progemu.synth.anatomy import Patient, lung_fields, sample_patient
 from progemu.synth.findings import Change, FindingState, render_findings
 from progemu.synth.render import Acquisition, sample_acquisition, study_ctr
-from progemu.synth.vocabulary import FINDING_KEYS, FINDINGS, SEVERITIES
+from progemu.synth.vocabulary import SEVERITIES
 
 PAIRS_PER_PATIENT = 2
 SPLIT_WEIGHTS = (("train", 0.8), ("validate", 0.1), ("test", 0.1))

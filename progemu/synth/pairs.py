@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from progemu.data.records import Report
+from progemu.findings import FINDING_KEYS
 from progemu.synth import text
 from progemu.synth.anatomy import Patient
 from progemu.synth.findings import Change, FindingState
@@ -34,7 +35,7 @@ from progemu.synth.render import (
     study_ctr,
 )
 from progemu.synth.static import StaticLayers, static_layers
-from progemu.synth.vocabulary import FINDING_KEYS, chexpert_labels
+from progemu.synth.vocabulary import chexpert_labels
 
 GENERATOR_VERSION = "synthcxr-1.0"
 CHANGE_THRESHOLD = 1.0 / 255  # a pixel belongs to the change mask when the noise-free images differ by more

@@ -14,10 +14,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from progemu.findings import FINDINGS, resolve_finding
 from progemu.synth.anatomy import lung_fields, sample_patient
 from progemu.synth.findings import FindingState, render_findings
 from progemu.synth.render import study_ctr
-from progemu.synth.vocabulary import FINDINGS, SIDES, resolve_finding
+from progemu.synth.vocabulary import SIDES
 
 POPULATION = 48  # patients drawn (with a fixed seed) to build each prior
 MARGIN = 0.08  # normalised units: acquisition shift (0.03) plus what rotation and scale move the lung bases

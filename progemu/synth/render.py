@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from progemu.findings import FINDING_KEYS
 from progemu.synth.anatomy import LungFields, Patient, grid, lung_fields
 from progemu.synth.findings import CTR_BY_SEVERITY, FindingState, Layers, render_findings, severity_index
 from progemu.synth.static import StaticLayers
-from progemu.synth.vocabulary import FINDING_KEYS
 
 LUNG_AIR = 0.58  # attenuation removed by aerated lung
 VESSEL = 0.2

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from progemu.data.records import Report
+from progemu.findings import FINDINGS
 from progemu.synth.findings import Change, FindingState
-from progemu.synth.vocabulary import FINDINGS, location_phrase, severity_index
+from progemu.synth.vocabulary import location_phrase, severity_index
 
 NEW_VERBS: tuple[str, ...] = ("has developed", "has appeared", "new")  # the prompt's words for an appearing finding
 NO_CHANGE = ("No significant interval change.", "No significant change compared with the prior study.",

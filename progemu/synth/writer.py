@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from progemu.findings import FINDING_KEYS
 from progemu.io import write_text_atomic
 from progemu.synth.history import PAIRS_PER_PATIENT
 from progemu.synth.pairs import GENERATOR_VERSION, SynthCXR, SynthPair
-from progemu.synth.vocabulary import FINDING_KEYS
 
 ICG_DIR = Path("icg-cxr") / "synthcxr" / "pa"
 EDIT_DIR = Path("mimic-edit")

@@ -1,7 +1,7 @@
 """Clinical fidelity of a VQ tokenizer: do the project's evaluators see the same findings / attributes after
 encode -> decode as on the originals?
 
-Run: ``python -m tokenizer.vq_clinical --vq runs/vq-tiny --evaluators runs/evaluators --data data/synthcxr-128
+Run: ``python -m eval.vq_clinical --vq runs/vq-tiny --evaluators runs/evaluators --data data/synthcxr-128
 --split validate --skip 320 --n 512 [--retrain-pairs 1600]`` (prints tables, writes ``--out``, default
 ``VQ/clinical_fidelity.json``).
 
@@ -11,9 +11,8 @@ thresholds on both sides, so a difference comes from the reconstruction alone. I
 accuracy on reconstructions is within 3 points of that on the originals. ``--skip`` leaves out the split's first
 records, e.g. the 320 validate pairs that ``eval.train_evaluators`` scored (and calibrated thresholds) on.
 
-Layering: ``eval/`` never imports ``tokenizer/``; this measurement script and the perceptual loss
-(``tokenizer.perceptual``, which reuses the evaluator network, trained separately) import the public API of
-``eval`` (``eval.classifier``, ``eval.data``, ``eval.scores``, ``eval.train_evaluators.train_one``).
+It lives with the evaluators it runs; the tokenizer comes in as a saved ``ProgEmuVQModel`` folder, and the round
+trip is the package's (``progemu.generation.fidelity.reconstruct``).
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.classifier import Evaluator, available
 from eval.data import ImageTable, load_records
 from eval.scores import multiclass_scores, multilabel_scores
+from progemu.classifier import Evaluator, available
 from progemu.data.records import CHEXPERT_LABELS
 from progemu.errors import ProgEmuError
 from progemu.io import write_json_atomic
@@ -39,7 +38,7 @@ ATTRIBUTES = ("sex", "age_group")
 
 def vq_codec(model, batch_size: int = 32) -> Codec:
     """Encode -> decode with a ``ProgEmuVQModel`` (in eval mode), output clamped to [0, 1]."""
-    from tokenizer.vq_eval import reconstruct
+    from progemu.generation.fidelity import reconstruct
 
     return lambda images: reconstruct(model, np.ascontiguousarray(images, np.float32), batch_size)[0]
 

@@ -1,5 +1,8 @@
-"""The project's own image evaluators: a small CNN, trained for one task each (multi-label findings, or one
-attribute such as sex / age group / race), saved as ``<name>.safetensors`` + ``<name>.json``.
+"""The project's own small chest X-ray classifier (``SmallCXRNet``) and its saved form (``Evaluator``): one CNN
+trained for one task each (multi-label findings, or one attribute such as sex / age group / race), saved as
+``<name>.safetensors`` + ``<name>.json``. The evaluation scores images with it (``eval/``, which trains it:
+``python -m eval.train_evaluators``) and the VQ tokenizer's perceptual loss compares its activations
+(``tokenizer.perceptual``), so it lives in the package both of them import.
 
 The findings classifier's penultimate features (global-average-pooled, (N, 8*width)) feed gFID. Every
 evaluator carries its held-out accuracy in its JSON; ``Evaluator.load`` refuses one without it.
