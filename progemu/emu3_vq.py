@@ -14,6 +14,8 @@ one grayscale channel. 512 x 512 px give 64 x 64 codes at Emu3's spatial factor 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -109,8 +111,31 @@ class Emu3GrayVQ(nn.Module):
         return cls(vq, stats.get("image_mean", CLIP_MEAN), stats.get("image_std", CLIP_STD))
 
 
+@contextmanager
+def whole_weights() -> Iterator[None]:
+    """Load a frozen tool network whole even inside a ZeRO-3 run (whose `from_pretrained` would partition it)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    ref = hf_ds._hf_deepspeed_config_weak_ref
+    if ref is None or ref() is None or not hf_ds.is_deepspeed_zero3_enabled():
+        yield
+        return
+    config = ref()
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds.set_hf_deepspeed_config(config)
+
+
 def load_image_tokenizer(path: str | Path, **kwargs: Any) -> nn.Module:
-    """The image tokenizer saved in ``path`` (a ``vq/`` folder): progemu's VQ or Emu3's VQ-VAE, in eval mode."""
+    """The image tokenizer saved in ``path`` (a ``vq/`` folder): progemu's VQ or Emu3's VQ-VAE, in eval mode,
+    whole (never ZeRO-3-partitioned: it is not trained, and the processor saves it with each checkpoint)."""
+    with whole_weights():
+        return _load_image_tokenizer(path, **kwargs)
+
+
+def _load_image_tokenizer(path: str | Path, **kwargs: Any) -> nn.Module:
     cfg_file = Path(path) / "config.json"
     if not cfg_file.is_file():
         raise LayoutError(f"{cfg_file}: no image tokenizer config")
@@ -125,4 +150,4 @@ def load_image_tokenizer(path: str | Path, **kwargs: Any) -> nn.Module:
                       "'emu3_vqgan')")
 
 
-__all__ = ["Emu3GrayVQ", "load_image_tokenizer"]
+__all__ = ["Emu3GrayVQ", "load_image_tokenizer", "whole_weights"]

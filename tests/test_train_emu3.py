@@ -44,7 +44,8 @@ def test_finetune_converted_emu3_zero3_then_reload(tmp_path, lora):
     start = convert_emu3(save_transformers_format(model, processor, tmp_path / "hf"), tmp_path / "conv",
                          image_size=IMAGE)
     shards, out, probe = make_shards(tmp_path / "shards"), tmp_path / "run", tmp_path / "probe.pt"
-    args = ["--probe", str(probe), "--config", "tiny-pretrain", "--init_from", str(start), "--shards", str(shards),
+    args = ["--probe", str(probe), "--config", "tiny-pretrain", "--init_from", str(start), "--processor", str(start),
+            "--shards", str(shards),
             "--tasks", "icg", "--output_dir", str(out), "--max_length", "256", "--per_device_train_batch_size", "2",
             "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
             "--deepspeed", "zero3", "--max_steps", "2", "--save_steps", "2", "--precision", "fp32",

@@ -105,7 +105,8 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     from train.lora import is_lora_state, merge_lora
 
     if is_lora_state(state):  # a LoRA run: the adapters merged into the weights, a plain model folder out
-        model = merge_lora(model, state, ckpt)
+        base = read_run_info(ckpt).get("run", {}).get("model", {}).get("init_from")
+        model = merge_lora(model, state, ckpt, base)
         state = model.state_dict()
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])

@@ -31,18 +31,31 @@ def is_lora_state(state: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(PEFT_PREFIX) for k in state)
 
 
-def merge_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], adapter_dir: str | Path) -> torch.nn.Module:
-    """The plain ``model`` (built from the base config) with the LoRA run's ``state`` loaded and merged into it."""
+def merge_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], adapter_dir: str | Path,
+               base_dir: str | Path | None) -> torch.nn.Module:
+    """The plain ``model`` with the LoRA run's adapters merged into its weights.
+
+    ``state``: the run's weights in peft's names (ZeRO's fp32 partitions hold the trained adapters only: frozen
+    weights are not in the optimizer); the frozen weights come from ``base_dir``, the run's ``init_from``.
+    """
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig.from_pretrained(str(adapter_dir))
-    peft_model = get_peft_model(model, config)
-    missing, unexpected = peft_model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # a tied head is the embedding
-    if missing or unexpected:
-        from progemu.errors import ProgEmuError
+    from progemu.errors import ProgEmuError
+    from train.consolidate import load_weights
 
-        raise ProgEmuError(f"{adapter_dir}: LoRA weights do not match the model (missing {missing[:5]}, "
+    if base_dir is None or not Path(base_dir).is_dir():
+        raise ProgEmuError(f"{adapter_dir}: a LoRA checkpoint needs the weights it started from (the run's init_from "
+                           f"{base_dir}), which are missing")
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    missing, unexpected = model.load_state_dict(load_weights(Path(base_dir)), strict=False)
+    if [k for k in missing if k not in tied] or unexpected:
+        raise ProgEmuError(f"{base_dir}: weights do not match the model (missing {missing[:5]}, unexpected "
+                           f"{unexpected[:5]})")
+    peft_model = get_peft_model(model, LoraConfig.from_pretrained(str(adapter_dir)))
+    missing, unexpected = peft_model.load_state_dict(state, strict=False)
+    lost = [k for k in missing if "lora_" in k]
+    if lost or unexpected:
+        raise ProgEmuError(f"{adapter_dir}: LoRA weights do not match the model (adapters missing {lost[:5]}, "
                            f"unexpected {unexpected[:5]})")
     return peft_model.merge_and_unload()
 
