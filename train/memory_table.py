@@ -23,7 +23,6 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def count_params(preset: str, vocab: int, lora_rank: int) -> dict[str, int]:
     """Total and largest-layer parameters of the preset's backbone (built on the meta device), and LoRA's."""
-    from deepspeed.runtime.zero.stage3 import model_to_params
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from progemu.configuration_progemu import PRESETS
@@ -31,7 +30,9 @@ def count_params(preset: str, vocab: int, lora_rank: int) -> dict[str, int]:
     cfg = LlamaConfig(vocab_size=vocab, **PRESETS[preset])
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    total, largest = model_to_params(model)
+    # DeepSpeed's model_to_params counts as this does, but tells shared weights apart by data pointer: 0 on meta
+    total = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     lora = sum(lora_rank * (m.in_features + m.out_features) for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS)
     return {"total": total, "largest": largest, "lora": lora, "layers": cfg.num_hidden_layers,
