@@ -178,3 +178,27 @@ def test_generate_command_runs_on_the_converted_model(emu3, converted, tmp_path)
     assert rec["region"]["source"] == "mask"
     for mode in ("report2image", "image2report"):
         assert main([*base, "--out", str(tmp_path / mode), "--mode", mode]) == 0, mode
+
+
+def test_model_owns_its_image_tokenizer(emu3, converted, tmp_path):
+    """As Emu3's `model.vqmodel`: the converted model encodes and decodes itself (get_image_tokens == the native
+    block), saves its VQ-VAE inside its folder, and the pipeline's processor borrows that one network."""
+    from progemu.emu3_vq import Emu3GrayVQ
+    from progemu.generation.pipeline import CounterfactualPipeline
+
+    native, native_proc, _, _ = emu3
+    gray = (np.random.default_rng(2).random((IMAGE, IMAGE)) * 255).astype(np.uint8)
+    inputs = native_proc(text=["<image>"], images=[Image.fromarray(gray).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        ref = native.model.get_image_tokens(inputs["pixel_values"], inputs["image_sizes"]).long()
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+    assert isinstance(model.vqmodel, Emu3GrayVQ) and not any("vq" in k for k in model.state_dict())
+    pixels = torch.tensor(gray, dtype=torch.float32)[None, None] / 255 * 2 - 1  # (1, 1, H, W) in [-1, 1]
+    ids = model.get_image_tokens(pixels)  # (1, image_length)
+    lay = model.layout
+    assert torch.equal(ids[0, lay.header_length:-2], ref)  # codes and <eol> rows as Emu3's get_image_tokens
+    assert model.decode_image_tokens(ids).shape == (1, 1, IMAGE, IMAGE)
+    model.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "vq" / "config.json").is_file()
+    pipe = CounterfactualPipeline.from_pretrained(converted, device="cpu")
+    assert pipe.processor.vq_model is pipe.model.vqmodel

@@ -142,7 +142,7 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_lo
                                                                             "model.safetensors.index.json")):
             # a model folder, one file or sharded (a converted Emu3): from_pretrained partitions it under ZeRO-3
             model, info = ProgEmuForCausalLM.from_pretrained(src, attn_implementation=impl, dtype=torch.float32,
-                                                             output_loading_info=True)
+                                                             output_loading_info=True, load_vq=False)
             _check_loaded(src, info["missing_keys"], info["unexpected_keys"],
                           [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", [])])
         elif kind == "progemu":  # a ZeRO (or sharded) checkpoint folder: gather its fp32 weights
