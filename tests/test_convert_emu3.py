@@ -50,7 +50,12 @@ def _same_logits(native, folder) -> None:
 
 
 def test_transformers_format_gives_emu3_logits(emu3, converted):
+    import json
+
     _same_logits(emu3[0], converted)
+    # written shard by shard: one output shard per source shard that holds text weights, never one big file
+    shards = set(json.loads((converted / "model.safetensors.index.json").read_text())["weight_map"].values())
+    assert len(shards) > 1 and not (converted / "model.safetensors").exists()
 
 
 def test_original_layout_gives_emu3_logits(emu3, tmp_path):
@@ -107,6 +112,17 @@ def test_missing_or_bad_sources_are_clear_errors(emu3, tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     with pytest.raises(ConversionError, match="already exists"):
         convert_emu3(emu3[2], tmp_path / "exists")
+    import shutil
+
+    bare = tmp_path / "bare-lm"  # Emu3's original LM folder with only its tiktoken tokenizer (remote code)
+    bare.mkdir()
+    for f in lm.iterdir():
+        if f.name.startswith(("model", "config")):
+            shutil.copy(f, bare / f.name)
+    (bare / "emu3.tiktoken").write_text("")
+    with pytest.raises(ConversionError, match="--tokenizer"):
+        convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
+    assert convert_emu3(bare, tmp_path / "out2", vq=emu3[3][1], tokenizer=lm, image_size=IMAGE).is_dir()
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
