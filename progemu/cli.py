@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "progemu.data.check",
     "progemu.synth.cli",
     "progemu.generation.cli",
+    "progemu.convert.cli",
 )
 
 

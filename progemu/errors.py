@@ -38,3 +38,12 @@ class SequenceTooLongError(ProgEmuError):
         self.length = length
         self.limit = limit
         super().__init__(f"{what} has {length} tokens but the model's context is {limit} tokens")
+
+
+class ConversionError(ProgEmuError):
+    """A checkpoint that cannot be converted (missing folder or file, unknown format, mismatched weights)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

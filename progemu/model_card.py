@@ -60,7 +60,9 @@ def render_model_card(config: dict[str, Any], num_parameters: int | None = None,
                     f"{tc.get('num_attention_heads')} heads ({tc.get('num_key_value_heads')} KV)",
         "context (tokens)": config.get("max_position_embeddings"),
         "vocabulary": f"{tc.get('vocab_size')} = {lay.get('text_vocab_size')} text + {lay.get('codebook_size')} "
-                      "image codes",
+                      "image codes" if lay.get("image_token_start") is None else
+                      f"{tc.get('vocab_size')}, Emu3's: {lay.get('codebook_size')} visual tokens from id "
+                      f"{lay.get('image_token_start')}",
         "image grid": f"{lay.get('grid_h')} x {lay.get('grid_w')} codes per image",
         "sequence order": config.get("sequence_order"),
         "tied embeddings": config.get("tie_word_embeddings"),

@@ -124,11 +124,53 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
         return self.config.layout
 
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any) -> ProgEmuForCausalLM:
-        """transformers' `from_pretrained`, defaulting to flash_attention_2 where it runs, else SDPA."""
+    def from_pretrained(cls, *args: Any, load_vq: bool = True, **kwargs: Any) -> ProgEmuForCausalLM:
+        """transformers' `from_pretrained`, defaulting to flash_attention_2 where it runs, else SDPA; the image
+        tokenizer saved in the folder's ``vq/`` becomes `vqmodel` (unless ``load_vq=False``)."""
         if kwargs.get("attn_implementation") is None:
             kwargs["attn_implementation"] = default_attn_implementation(kwargs.get("dtype"))
-        return super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) when asked for
+        vq_dir = Path(str(args[0] if args else kwargs.get("pretrained_model_name_or_path", ""))) / "vq"
+        if load_vq and (vq_dir / "config.json").is_file():
+            from progemu.emu3_vq import load_image_tokenizer
+
+            model.set_image_tokenizer(load_image_tokenizer(vq_dir))
+        return loaded
+
+    # ---- the image tokenizer, as Emu3's `model.vqmodel` ---------------------------------------------------------
+    @property
+    def vqmodel(self) -> nn.Module | None:
+        """The image tokenizer saved with the model (``vq/``): progemu's VQ or Emu3's VQ-VAE (`progemu.emu3_vq`), or
+        None. Not a submodule: it is frozen, so it is never trained, ZeRO-partitioned or part of the state dict."""
+        return self.__dict__.get("_vqmodel")
+
+    def set_image_tokenizer(self, vq: nn.Module | None) -> None:
+        object.__setattr__(self, "_vqmodel", vq)  # bypasses nn.Module's submodule registration on purpose
+
+    def _need_vq(self) -> nn.Module:
+        if self.vqmodel is None:
+            from progemu.errors import LayoutError
+
+            raise LayoutError("this model has no image tokenizer: load a folder with vq/ or call set_image_tokenizer")
+        return self.vqmodel
+
+    @torch.no_grad()
+    def get_image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Grayscale pixel values (B, 1, H, W) in [-1, 1] -> (B, image_length) token ids of full image blocks."""
+        vq = self._need_vq()
+        device = next(vq.parameters()).device
+        codes = vq.encode(pixel_values.to(device))  # (B, h, w)
+        return self.layout.codes_to_ids(codes.long().cpu())
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, image_length) image-block ids, or (B, h, w) codes -> grayscale pixel values (B, 1, H, W) in [-1, 1]."""
+        vq = self._need_vq()
+        lay = self.layout
+        tokens = torch.as_tensor(image_tokens).long().cpu()
+        codes = lay.ids_to_codes(tokens) if tokens.shape[-1] == lay.image_length and tokens.ndim == 2 else tokens
+        return vq.decode(codes.to(next(vq.parameters()).device))
 
     def save_pretrained(self, save_directory: str | Path, *args: Any, model_card: dict[str, Any] | None = None,
                         **kwargs: Any) -> None:
@@ -138,6 +180,8 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
         without it an existing README.md (e.g. one with metrics) is kept and a missing one is written.
         """
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and self.vqmodel is not None:
+            self.vqmodel.save_pretrained(str(Path(save_directory) / "vq"))  # inside the model folder, as Emu3
         if kwargs.get("is_main_process", True) and (model_card is not None
                                                      or not (Path(save_directory) / "README.md").exists()):
             from progemu.model_card import write_model_card

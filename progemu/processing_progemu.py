@@ -192,7 +192,7 @@ class ProgEmuProcessor(ProcessorMixin):
             ids = ids[: ids.index(lay.eos_id)]
         ids = [i for i in ids if i != lay.pad_id]
         struct = set(lay.structural_ids) | {lay.bos_id}
-        bad = [k for k, i in enumerate(ids) if i >= lay.text_vocab_size or i in struct]
+        bad = [k for k, i in enumerate(ids) if i >= lay.text_id_end or i in struct]
         if bad:
             raise LayoutError(f"generated text holds a non-text token {ids[bad[0]]} at text position {bad[0]}")
         return codes, self.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -249,7 +249,8 @@ class ProgEmuProcessor(ProcessorMixin):
         from progemu.configuration_progemu import ProgEmuConfig
 
         overrides.setdefault("sequence_order", self.sequence_order)
-        vq_config = self.vq_model.config if self.vq_model is not None else None
+        vq_config = getattr(self.vq_model, "config", None)
+        vq_config = vq_config if getattr(vq_config, "model_type", None) == "progemu_vq" else None
         return ProgEmuConfig.from_preset(preset, layout=self.layout, vq_config=vq_config, **overrides)
 
     def check_model_config(self, config: Any) -> None:
@@ -288,9 +289,9 @@ class ProgEmuProcessor(ProcessorMixin):
         if vq_model is not None:
             proc.vq_model = vq_model
         elif load_vq and (vq_dir / "config.json").is_file():
-            from progemu.modeling_vq import ProgEmuVQModel
+            from progemu.emu3_vq import load_image_tokenizer
 
-            proc.vq_model = ProgEmuVQModel.from_pretrained(str(vq_dir)).eval()
+            proc.vq_model = load_image_tokenizer(vq_dir)  # progemu's VQ or Emu3's VQ-VAE
         return proc
 
 

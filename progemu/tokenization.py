@@ -12,6 +12,7 @@ cover is spelt in UTF-8 bytes, so nothing is ever unknown), then the learned mer
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections.abc import Iterable
 
@@ -23,6 +24,12 @@ from progemu.vocab import SPECIAL_TOKENS, VocabLayout
 
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 IMAGE_SPECIALS = ["boi", "img", "eol", "eof", "eoi"]
+# Emu3's tokens for the layout's roles (its tokenizer config: bos, eos, pad; its processor: the image block)
+EMU3_SPECIAL_TOKENS: dict[str, str] = {
+    "bos": "<|extra_203|>", "eos": "<|extra_204|>", "pad": "<|endoftext|>", "boi": "<|image start|>",
+    "img": "<|image token|>", "eol": "<|extra_200|>", "eof": "<|extra_201|>", "eoi": "<|image end|>",
+}
+EMU3_VISUAL_TOKEN = re.compile(r"^<\|visual token (\d{6})\|>$")
 
 
 def _special_kwargs() -> dict:
@@ -95,4 +102,38 @@ def layout_for_tokenizer(tokenizer: PreTrainedTokenizerBase, codebook_size: int,
                        grid_h=grid_h, grid_w=grid_w, special_ids=special_ids, size_marker_ids=marker)
 
 
-__all__ = ["BYTE_TOKENS", "add_special_tokens", "layout_for_tokenizer", "train_bpe_tokenizer"]
+def emu3_layout(tokenizer: PreTrainedTokenizerBase, grid_h: int, grid_w: int,
+                vocabulary_map: dict[str, int] | None = None, text_vocab_size: int | None = None) -> VocabLayout:
+    """The `VocabLayout` of an Emu3 tokenizer: Emu3's own token ids, kept as they are.
+
+    Code ``c`` is the token ``<|visual token c:06d|>`` (``vocabulary_map``, Emu3's ``config.vocabulary_map``,
+    default the tokenizer's vocabulary); these ids must be contiguous and in code order, as in Emu3's
+    tokenizer. bos / eos / pad are the tokenizer's own; the image block uses Emu3's tokens
+    (`EMU3_SPECIAL_TOKENS`) and ``h*w`` tokenised as text, as ``Emu3Processor`` writes it.
+    """
+    vocab = dict(vocabulary_map) if vocabulary_map is not None else tokenizer.get_vocab()
+    visual = sorted((int(m.group(1)), int(tid)) for tok, tid in vocab.items() if (m := EMU3_VISUAL_TOKEN.match(tok)))
+    if not visual:
+        raise LayoutError("the vocabulary has no '<|visual token NNNNNN|>' tokens: not an Emu3 tokenizer")
+    start = visual[0][1]
+    broken = [(code, tid) for k, (code, tid) in enumerate(visual) if code != k or tid != start + k]
+    if broken:
+        raise LayoutError(f"Emu3 visual tokens are not contiguous from code 0 at id {start}: first break at code "
+                          f"{broken[0][0]} (id {broken[0][1]})")
+    names = dict(EMU3_SPECIAL_TOKENS)
+    for role in ("bos", "eos", "pad"):  # a tokenizer that names its own wins
+        names[role] = getattr(tokenizer, f"{role}_token", None) or names[role]
+    special_ids = {}
+    for role, token in names.items():
+        tid = vocab.get(token, tokenizer.convert_tokens_to_ids(token))
+        if tid is None or tokenizer.convert_ids_to_tokens(int(tid)) != token:
+            raise LayoutError(f"the Emu3 tokenizer lacks {token!r} (its {role!r} token)")
+        special_ids[role] = int(tid)
+    marker = tokenizer.encode(f"{grid_h}*{grid_w}", add_special_tokens=False)
+    return VocabLayout(text_vocab_size=max(len(tokenizer), start + len(visual), text_vocab_size or 0),
+                       codebook_size=len(visual), grid_h=grid_h, grid_w=grid_w, special_ids=special_ids,
+                       size_marker_ids=marker, image_token_start=start)
+
+
+__all__ = ["BYTE_TOKENS", "EMU3_SPECIAL_TOKENS", "add_special_tokens", "emu3_layout", "layout_for_tokenizer",
+           "train_bpe_tokenizer"]

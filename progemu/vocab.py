@@ -7,6 +7,14 @@ An image is laid out as in Emu3 / ProgEmu::
 where ``h*w`` is the text of the grid size (tokenised once by the text tokenizer) and every code ``c``
 of the grid becomes the id ``image_token_offset + c``. Nobody else derives offsets: the processor, the
 data collator, the loss mask and the generation constraint all ask this class.
+
+Two layouts share this class:
+
+- progemu's own: ``[0, text_vocab_size)`` text (special tokens included), then the codebook.
+- Emu3's (Emu3-Gen, ProgEmu's published weights): the codes are ``<|visual token NNNNNN|>`` tokens inside the
+  text vocabulary (``image_token_start`` says where code 0 sits) and the structural tokens are Emu3's
+  (``<|image start|>``, ``<|image token|>``, ``<|extra_200|>``, ``<|extra_201|>``, ``<|image end|>``); see
+  `progemu.tokenization.emu3_layout`.
 """
 
 from __future__ import annotations
@@ -32,7 +40,13 @@ SPECIAL_TOKENS: dict[str, str] = {
 
 @dataclass
 class VocabLayout:
-    """Token-id layout of one model: ``[0, text_vocab_size)`` text (special tokens included), then the codes."""
+    """Token-id layout of one model: text ids (special tokens included) and ``codebook_size`` code ids.
+
+    ``image_token_start`` None (progemu's layout): the codes follow the text, ``[text_vocab_size,
+    text_vocab_size + codebook_size)``. An int (Emu3's layout): the codes are ``[image_token_start,
+    image_token_start + codebook_size)`` inside the text vocabulary; generated text is then drawn from the ids
+    below ``image_token_start`` (`text_id_end`).
+    """
 
     text_vocab_size: int
     codebook_size: int
@@ -40,6 +54,7 @@ class VocabLayout:
     grid_w: int
     special_ids: dict[str, int]
     size_marker_ids: list[int] = field(default_factory=list)
+    image_token_start: int | None = None
 
     def __post_init__(self) -> None:
         missing = [k for k in SPECIAL_TOKENS if k not in self.special_ids]
@@ -50,17 +65,33 @@ class VocabLayout:
             raise LayoutError(f"special token ids outside the text range [0, {self.text_vocab_size}): {bad}")
         if self.grid_h < 1 or self.grid_w < 1 or self.codebook_size < 1:
             raise LayoutError(f"invalid grid {self.grid_h}x{self.grid_w} or codebook {self.codebook_size}")
+        if self.image_token_start is not None:
+            self.image_token_start = int(self.image_token_start)
+            lo, hi = self.image_token_start, self.image_token_start + self.codebook_size
+            if lo < 0:
+                raise LayoutError(f"image_token_start {lo} is negative")
+            inside = {k: v for k, v in self.special_ids.items() if lo <= v < hi}
+            if inside:
+                raise LayoutError(f"special tokens inside the image-code range [{lo}, {hi}): {inside}")
         self.size_marker_ids = [int(i) for i in self.size_marker_ids]
         self._template = self._build_template()
 
     # ---- ids -----------------------------------------------------------------------------------------
     @property
     def image_token_offset(self) -> int:
-        return self.text_vocab_size
+        """The id of code 0."""
+        return self.text_vocab_size if self.image_token_start is None else self.image_token_start
 
     @property
     def vocab_size(self) -> int:
-        return self.text_vocab_size + self.codebook_size
+        """Rows the embedding matrix and the LM head need."""
+        return max(self.text_vocab_size, self.image_token_offset + self.codebook_size)
+
+    @property
+    def text_id_end(self) -> int:
+        """Generated text is drawn from ``[0, text_id_end)``: every text id of progemu's layout, the ids below the
+        visual tokens in Emu3's (which end its vocabulary)."""
+        return min(self.text_vocab_size, self.image_token_offset)
 
     def __getattr__(self, name: str) -> int:
         # bos_id, eos_id, pad_id, boi_id, img_id, eol_id, eof_id, eoi_id
@@ -139,12 +170,12 @@ class VocabLayout:
 
     def is_image_code(self, ids: torch.Tensor) -> torch.Tensor:
         """Boolean mask of ids in the image-code range."""
-        return (ids >= self.image_token_offset) & (ids < self.vocab_size)
+        return (ids >= self.image_token_offset) & (ids < self.image_token_offset + self.codebook_size)
 
     def is_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Boolean mask of ids that are text (not codes, not structural image tokens, not pad)."""
         struct = torch.tensor(self.structural_ids + [self.special_ids["pad"]], device=ids.device)
-        return (ids < self.image_token_offset) & ~torch.isin(ids, struct)
+        return (ids < self.text_vocab_size) & ~self.is_image_code(ids) & ~torch.isin(ids, struct)
 
     def find_images(self, ids: torch.Tensor) -> list[tuple[int, int]]:
         """(start, end) positions (end exclusive) of every ``<boi> ... <eoi>`` block of a 1-D sequence."""
@@ -154,9 +185,12 @@ class VocabLayout:
 
     # ---- (de)serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["image_token_start"] is None:  # progemu's layout: the same dict as folders saved before Emu3's existed
+            del d["image_token_start"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VocabLayout:
         return cls(**{k: d[k] for k in ("text_vocab_size", "codebook_size", "grid_h", "grid_w", "special_ids",
-                                         "size_marker_ids") if k in d})
+                                         "size_marker_ids", "image_token_start") if k in d})

@@ -142,7 +142,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
     joining (a time-sliced job; a rerun, with any number of ranks, finishes the rest); returns {} then.
     """
     from progemu.data.loaders import load_records
-    from progemu.modeling_vq import ProgEmuVQModel
+    from progemu.emu3_vq import load_image_tokenizer
 
     rank, world, local = _ranks()
     out = Path(out)
@@ -150,7 +150,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         # one GPU per local rank; more ranks than GPUs share them (round robin)
         device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    model = ProgEmuVQModel.from_pretrained(str(model_dir)).to(dev).eval()
+    model = load_image_tokenizer(model_dir).to(dev).eval()  # progemu's VQ or a converted Emu3's VQ-VAE
     size = size or int(model.config.image_size)
     model.grid_size(size)  # fails early when size is not a multiple of the downsampling factor
     chunks_dir = out / ".chunks"

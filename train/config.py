@@ -37,6 +37,12 @@ class ModelArgs:
     attn_implementation: str = field(
         default="auto", metadata={"help": "auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where the machine has it), bf16, fp32"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "0: full fine-tuning; > 0: LoRA adapters of this rank (peft) on lora_targets, the rest frozen; "
+                "train.consolidate merges them into final/"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator (the update is alpha / rank x BA)"})
+    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                              metadata={"help": "comma-separated module names that get LoRA adapters"})
     stop_at_step: int = field(default=0, metadata={
         "help": "end the run after this step of the max_steps schedule (0: at max_steps); the learning rate stops "
                 "where that schedule has it, and final/ holds this step's model"})

@@ -23,7 +23,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from progemu.errors import ProgEmuError
 
 # files of a checkpoint that belong to the run, not to the model folder
-RUN_FILES = {"trainer_state.json", "training_args.bin", "scheduler.pt", "optimizer.pt", "latest", "zero_to_fp32.py",
+RUN_FILES = {"adapter_config.json", "trainer_state.json", "training_args.bin",  # a LoRA run's adapters are merged
+             "scheduler.pt", "optimizer.pt", "latest", "zero_to_fp32.py",
              "zero_to_torch.py", "config.json", "generation_config.json", "README.md",
              "model.safetensors.index.json", "pytorch_model.bin.index.json"}  # save_pretrained writes its own
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -101,6 +102,12 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
         unset_hf_deepspeed_config()
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = load_weights(ckpt) if state is None else state
+    from train.lora import is_lora_state, merge_lora
+
+    if is_lora_state(state):  # a LoRA run: the adapters merged into the weights, a plain model folder out
+        base = read_run_info(ckpt).get("run", {}).get("model", {}).get("init_from")
+        model = merge_lora(model, state, ckpt, base)
+        state = model.state_dict()
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (k.endswith("lm_head.weight") and config_ties(model))]

@@ -36,13 +36,13 @@ def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any
     else:
         from transformers import AutoTokenizer
 
-        from progemu.modeling_vq import ProgEmuVQModel
+        from progemu.emu3_vq import load_image_tokenizer
 
         for need in (data_args.text_tokenizer, data_args.vq):
             if not Path(need).is_dir():
                 raise ProgEmuError(f"{need}: missing (text tokenizer / VQ folder); `make pretrain` builds them")
         tok = AutoTokenizer.from_pretrained(data_args.text_tokenizer)
-        vq = ProgEmuVQModel.from_pretrained(data_args.vq).eval()
+        vq = load_image_tokenizer(data_args.vq)
         row = rows[0]
         # images must be read at the size the shards were encoded at (IngestOptions defaults to 512 px, which
         # would give `progemu generate` a different code grid): the grid times the VQ's downsampling factor
@@ -78,12 +78,12 @@ def _use_the_shards_vq(proc: Any, data_args: DataArgs, explicit: bool) -> None:
     """The processor saved with the model must hold the VQ whose codes the model learnt: a processor inherited
     from ``init_from`` (e.g. a stage trained on another VQ's codes) gets the shards' VQ; a processor or ``vq``
     named explicitly that disagrees with the shards is an error."""
-    from progemu.modeling_vq import ProgEmuVQModel
+    from progemu.emu3_vq import load_image_tokenizer
 
     src = shards_vq(data_args.shards)
     if src is None or proc.vq_model is None:
         return
-    vq = ProgEmuVQModel.from_pretrained(src).eval()
+    vq = load_image_tokenizer(src)
     if _same_weights(vq, proc.vq_model):
         return
     if explicit:
@@ -138,9 +138,11 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_lo
         if kind == "llama":
             model = ProgEmuForCausalLM.from_text_llm(src, processor.layout, sequence_order=processor.sequence_order,
                                                      attn_implementation=impl)
-        elif kind == "progemu" and (Path(src) / "model.safetensors").is_file():
+        elif kind == "progemu" and any((Path(src) / f).is_file() for f in ("model.safetensors",
+                                                                            "model.safetensors.index.json")):
+            # a model folder, one file or sharded (a converted Emu3): from_pretrained partitions it under ZeRO-3
             model, info = ProgEmuForCausalLM.from_pretrained(src, attn_implementation=impl, dtype=torch.float32,
-                                                             output_loading_info=True)
+                                                             output_loading_info=True, load_vq=False)
             _check_loaded(src, info["missing_keys"], info["unexpected_keys"],
                           [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", [])])
         elif kind == "progemu":  # a ZeRO (or sharded) checkpoint folder: gather its fp32 weights
@@ -201,12 +203,18 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     set_seed(args.seed)
     model = build_model(model_args, processor, data_args.max_length, data_args.image_loss_weight,
                         data_args.text_loss_weight)
+    extra = []
+    if model_args.lora_rank > 0:
+        from train.lora import SaveBaseConfig, add_lora
+
+        extra.append(SaveBaseConfig(model.config))
+        model = add_lora(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_targets)
     save_run_config(args, stage, model_args, data_args)
     trainer = make_trainer(model, args, train_ds, Collator(pad, data_args.max_length, data_args.packing),
                            eval_ds=eval_ds, processing_class=processor)
     if model_args.stop_at_step:
         trainer.add_callback(StopAtStep(model_args.stop_at_step))
-    for cb in callbacks or []:
+    for cb in [*extra, *(callbacks or [])]:
         trainer.add_callback(cb)
     resume = resolve_resume(args)
     if resume is not None and trainer.stream_state.restore(resume, train_ds):

@@ -73,7 +73,7 @@ class CounterfactualGenerator:
         lay = layout
         banned = set(lay.structural_ids) | {lay.pad_id, lay.bos_id}
         allowed = torch.zeros(lay.vocab_size, dtype=torch.bool)
-        allowed[: lay.text_vocab_size] = True
+        allowed[: lay.text_id_end] = True
         allowed[sorted(banned)] = False
         self._text_allowed = allowed  # (V,) text the interpretation may use (eos included)
 
@@ -191,7 +191,7 @@ class CounterfactualGenerator:
         header, plan = plan[:, :start], plan[:, start:]  # a header already in the prompt is not appended again
         samplers = (plan < 0).any(0).tolist()  # (T,) does anyone sample here
         chosen = plan.to(stream.device)  # (B, T)
-        lo, hi = lay.image_token_offset, lay.vocab_size
+        lo, hi = lay.image_token_offset, lay.image_token_offset + lay.codebook_size
         # where the other branches' rows start; null rows kept for the text alone (image scale 1) need no code logits
         offsets = () if reps == 2 and scale == 1.0 else tuple(k * b for k in range(1, reps))
         for t, anyone in enumerate(samplers):
@@ -210,7 +210,7 @@ class CounterfactualGenerator:
     def _text_phase(self, stream: TokenStream, gens: list[torch.Generator], b: int, scale: float,
                     null_at: tuple[int, ...], opts: DecodeOptions) -> list[list[int]]:
         lay = self.layout
-        n_text = lay.text_vocab_size  # the text range only: codes are never text
+        n_text = lay.text_id_end  # the text range only: codes are never text
         allowed = self._text_allowed[:n_text].to(stream.device)
         who = torch.arange(b, device=stream.device)
         done = torch.zeros(b, dtype=torch.bool, device=stream.device)

@@ -163,7 +163,8 @@ class CounterfactualPipeline:
         if dtype is None:  # the saved dtype on GPUs; on CPUs fp32, since a bf16-saved checkpoint decodes slower there
             dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
         model = ProgEmuForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-        processor = ProgEmuProcessor.from_pretrained(str(path))
+        # one image tokenizer: the model's (loaded from vq/), lent to the processor that encodes and decodes
+        processor = ProgEmuProcessor.from_pretrained(str(path), vq_model=model.vqmodel)
         processor.check_model_config(model.config)
         if processor.vq_model is not None:
             processor.vq_model.to(device)

@@ -1,0 +1,1 @@
+"""Converters from other checkpoint formats into progemu model folders (``progemu convert ...``)."""
