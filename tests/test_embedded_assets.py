@@ -28,7 +28,7 @@ def test_embedded_checkpoint_loads_with_auto_classes_and_fits_the_budget():
     assert isinstance(model, ProgEmuForCausalLM) and isinstance(processor, ProgEmuProcessor)
     assert processor.vq_model is not None
     processor.check_model_config(model.config)
-    # issue 9: the embedded checkpoint (transformer, VQ tokenizer, text tokenizer) stays within 25 MB; the evaluation
+    # the embedded checkpoint (transformer, VQ tokenizer, text tokenizer) stays within 25 MB; the evaluation
     # networks, which are no part of it, stay small too
     size = {d: sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) for d in (MODEL, EVALUATORS)}
     assert size[MODEL] <= 25 * 1024 * 1024 and size[EVALUATORS] <= 5 * 1024 * 1024, size
