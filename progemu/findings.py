@@ -212,7 +212,12 @@ _TRANSITION = re.compile(r"\bfrom (" + "|".join(_SEVERITY_RANK) + r") to (" + "|
 # not present before, suggesting a nodule": the conclusion after "suggesting" / "indicating" is its own clause).
 _BREAK = re.compile(r",? *\b(?:but|however|although|though|whereas|while|except|aside from|apart from|which|"
                     r"with the exception of|indicating|suggesting|suggestive of|consistent with|compatible with|"
-                    r"in keeping with|representing|and there (?:is|are)|and(?= the\b)|otherwise)\b|;|, there (?:is|are)\b")
+                    r"in keeping with|representing|and there (?:is|are)|and(?= the\b)|otherwise)\b|;|, there (?:is|are)\b|"
+                    # a comma before a new statement: "No effusion, new left pneumothorax", "No pneumothorax, the
+                    # effusion has increased" (a list's shared verb, "..., or consolidation is seen", does not break)
+                    r", *(?=(?:a |an )?(?:new|newly|increased|increasing|worsened|worsening|developing|enlarging)\b)|"
+                    r", *(?=[a-z -]{0,40}\b(?:has|have|is|are) (?:now )?(?:increased|worsened|developed|appeared|"
+                    r"enlarged|progressed|decreased|improved|resolved|new)\b)")
 # Pseudo-negations: "no change in the effusion" does not negate the effusion (NegBio's pseudo-negation rule).
 _PSEUDO_NEG = re.compile(r"\bno (?:significant |appreciable )?(?:interval )?(?:change|increase|decrease|worsening|"
                          r"improvement)\b|\bnot (?:changed|significantly changed)\b")

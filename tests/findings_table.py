@@ -28,6 +28,10 @@ TABLE: dict[str, list[tuple[str, dict[str, str]]]] = {
         ("No evidence of pneumonia or CHF.", {PNA: N, ED: N}),
         ("Negative for acute fracture or dislocation.", {FX: N}),
         ("No definite focal consolidation is seen.", {CONS: N}),
+        # a negation ends at a comma that starts a new statement
+        ("No effusion, new left pneumothorax.", {EFF: N, PTX: P}),
+        ("No pneumothorax, the right pleural effusion has increased.", {PTX: N, EFF: P}),
+        ("No pleural effusion, pneumothorax, or focal consolidation is seen.", {EFF: N, PTX: N, CONS: N}),
         ("No pleural effusion, pneumothorax, or pulmonary edema is identified.", {EFF: N, PTX: N, ED: N}),
         ("Interval removal of the endotracheal tube.", {SD: N}),
     ],
