@@ -95,12 +95,12 @@ def train_once(flags: list[str], fresh_process: bool = False) -> dict[str, float
     AcceleratorState._reset_state(reset_partial_state=True)  # each run sets its own precision
     m, d, args = parse_config(flags)
     sources = load_sources(d.shards, d.train_split)
-    proc = load_processor(m, d, sources[0])
+    proc, vq = load_processor(m, d, sources[0])
     proc.max_length = d.max_length
     ds = train_stream(d, args, proc, sources)
     sample = list(itertools.islice(train_stream(d, args, proc, sources), 200))  # the rows' real-token share
     torch.manual_seed(0)
-    model = build_model(m, proc, d.max_length, d.image_loss_weight, d.text_loss_weight)
+    model = build_model(m, proc, d.max_length, d.image_loss_weight, d.text_loss_weight, vq)
     timer = StepTimer()
     trainer = make_trainer(model, args, ds, Collator(proc.layout.pad_id, d.max_length, d.packing))
     trainer.add_callback(timer)

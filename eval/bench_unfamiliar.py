@@ -47,12 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     from eval.data import eval_items, load_records
     from progemu.generation import CounterfactualPipeline
+    from progemu.image_codes import encode_images
 
     pipe = CounterfactualPipeline.from_pretrained(a.model, device="cpu", dtype=torch.float32)
     priors = [pipe.load_prior(str(it.prior_path)) for it in eval_items(load_records(a.data), "validate", a.n)]
     print("| input | n | PSNR dB (median) | SSIM (median) | warned |\n|---|---|---|---|---|")
     for name, images in families(priors, priors[0].shape[-1]).items():
-        rows = [pipe.prior_fidelity(x, pipe.processor.encode_images([x])[0]) for x in images]
+        rows = [pipe.prior_fidelity(x, encode_images(pipe.model, pipe.processor, [x])[0]) for x in images]
         psnr, ssim = (np.median([r[0][k] for r in rows]) for k in ("psnr", "ssim"))
         print(f"| {name} | {len(rows)} | {psnr:.1f} | {ssim:.3f} | {sum(r[1] is not None for r in rows)}/{len(rows)} |")
 

@@ -66,16 +66,19 @@ def load_truth(items: list[EvalItem], size: int) -> EvalData:
 
 def vq_round_trip(model_dir: str | Path, paths: list[str | Path], size: int, batch: int = 16) -> np.ndarray:
     """The images at ``paths`` as the model's processor reads them (its ingestion, at the tokenizer's resolution),
-    encoded and decoded by its VQ, at ``size`` px in [0, 1]: (N, size, size)."""
+    encoded and decoded by the model's image tokenizer (its ``vq/``), at ``size`` px in [0, 1]: (N, size, size)."""
     import torch
 
+    from progemu.emu3_vq import load_image_tokenizer
+    from progemu.image_codes import decode_codes, encode_images
     from progemu.processing_progemu import ProgEmuProcessor
 
     proc = ProgEmuProcessor.from_pretrained(str(model_dir))
+    vq = load_image_tokenizer(Path(model_dir) / "vq")  # no transformer needed for a round trip
     out = []
     with torch.inference_mode():
         for i in range(0, len(paths), batch):
-            decoded = proc.decode_codes(proc.encode_images([Path(p) for p in paths[i: i + batch]]))
+            decoded = decode_codes(vq, encode_images(vq, proc, [Path(p) for p in paths[i: i + batch]]))
             out += [fit(np.asarray(im, np.float32), (size, size)) for im in decoded]
     return np.stack(out).astype(np.float32)
 

@@ -130,7 +130,7 @@ def whole_weights() -> Iterator[None]:
 
 def load_image_tokenizer(path: str | Path, **kwargs: Any) -> nn.Module:
     """The image tokenizer saved in ``path`` (a ``vq/`` folder): progemu's VQ or Emu3's VQ-VAE, in eval mode,
-    whole (never ZeRO-3-partitioned: it is not trained, and the processor saves it with each checkpoint)."""
+    whole (never ZeRO-3-partitioned: it is not trained, and each checkpoint saves it in its vq/)."""
     with whole_weights():
         return _load_image_tokenizer(path, **kwargs)
 

@@ -159,8 +159,8 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
     def get_image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Grayscale pixel values (B, 1, H, W) in [-1, 1] -> (B, image_length) token ids of full image blocks."""
         vq = self._need_vq()
-        device = next(vq.parameters()).device
-        codes = vq.encode(pixel_values.to(device))  # (B, h, w)
+        param = next(vq.parameters())
+        codes = vq.encode(pixel_values.to(param.device, param.dtype))  # (B, h, w)
         return self.layout.codes_to_ids(codes.long().cpu())
 
     @torch.no_grad()

@@ -1,4 +1,7 @@
-"""`ProgEmuProcessor`: text tokenizer + image ingestion + VQ tokenizer -> the token layout, prompts, parsing.
+"""`ProgEmuProcessor`: text tokenizer + image ingestion -> the token layout, prompts, parsing.
+
+It carries no network: the image tokenizer belongs to the model (``model.vqmodel``, saved in the model folder's
+``vq/``); `progemu.image_codes` turns image files into codes and back through it with this processor's ingestion.
 
 Sequences (``sequence_order="prompt_prior"``, the default; ``"prior_prompt"`` swaps the two conditions):
 
@@ -23,7 +26,6 @@ from these pieces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,12 @@ class ProgEmuProcessor(ProcessorMixin):
         sequence_order: ``"prompt_prior"`` or ``"prior_prompt"`` (see `ProgEmuConfig`).
         max_length: the model's context; longer sequences raise `SequenceTooLongError`.
         ingest_options: `progemu.data.ingest.IngestOptions` fields (how image files are read).
-        vq_model: an optional `ProgEmuVQModel` (needed only to turn pixels into codes and back).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_layout: dict | None = None,
                  codebook_size: int | None = None, grid_h: int | None = None, grid_w: int | None = None,
                  sequence_order: str = "prompt_prior", max_length: int | None = None,
-                 ingest_options: dict | None = None, vq_model: Any = None, **kwargs: Any):
+                 ingest_options: dict | None = None, **kwargs: Any):
         for key in _LEGACY_TRAINING_KEYS:  # read from older folders, not kept: training takes them from its config
             kwargs.pop(key, None)
         if vocab_layout is None:
@@ -70,7 +71,6 @@ class ProgEmuProcessor(ProcessorMixin):
             raise ValueError(f"sequence_order must be 'prompt_prior' or 'prior_prompt', got {sequence_order!r}")
         self.sequence_order, self.max_length = sequence_order, max_length
         self.ingest_options = dict(ingest_options or {})
-        self.vq_model = vq_model
         super().__init__(tokenizer, **kwargs)
 
     def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -197,59 +197,27 @@ class ProgEmuProcessor(ProcessorMixin):
             raise LayoutError(f"generated text holds a non-text token {ids[bad[0]]} at text position {bad[0]}")
         return codes, self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
-    # ---- pixels <-> codes (needs the VQ) --------------------------------------------------------------------
-    def get_ingest_options(self) -> Any:
+    # ---- image ingestion ---------------------------------------------------------------------------------------
+    def get_ingest_options(self, downsample_factor: int | None = None) -> Any:
+        """How image files are read (`progemu.data.ingest.IngestOptions`). A processor saved without a size (older
+        training runs) reads at the size whose code grid is the layout's, given the image tokenizer's
+        ``downsample_factor``; not at IngestOptions' default, which would give the tokenizer a different grid."""
         from progemu.data.ingest import IngestOptions
 
         opts = {k: tuple(v) if isinstance(v, list) else v for k, v in self.ingest_options.items()}
         lay = self.layout
-        if "size" not in opts and self.vq_model is not None and lay.grid_h == lay.grid_w:
-            # no size saved (older training runs): read images at the size whose code grid is the layout's,
-            # not IngestOptions' default, which would give the VQ a different grid
-            opts["size"] = lay.grid_h * int(self.vq_model.config.downsample_factor)
+        if "size" not in opts and downsample_factor is not None and lay.grid_h == lay.grid_w:
+            opts["size"] = lay.grid_h * int(downsample_factor)
         return IngestOptions(**opts)
 
-    def _need_vq(self) -> Any:
-        if self.vq_model is None:
-            raise LayoutError("this processor has no VQ model: load a folder with a vq/ subfolder or pass vq_model")
-        return self.vq_model
-
-    @torch.no_grad()
-    def encode_images(self, images: Sequence[str | Path | np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Image files / [0, 1] arrays (H, W) / pixel_values (B, 1, H, W) in [-1, 1] -> codes (B, h, w)."""
-        from progemu.data.ingest import load_image, to_pixel_values
-
-        vq = self._need_vq()
-        if torch.is_tensor(images) and images.ndim == 4:
-            pixels = images
-        else:
-            opts = self.get_ingest_options()
-            arrs = [load_image(x, opts) if isinstance(x, (str, Path)) else np.asarray(x, np.float32) for x in images]
-            pixels = to_pixel_values(np.stack(arrs))  # (B, 1, H, W)
-        param = next(vq.parameters())
-        codes = vq.encode(pixels.to(param.device, param.dtype))
-        if tuple(codes.shape[-2:]) != (self.layout.grid_h, self.layout.grid_w):
-            raise LayoutError(f"images of {tuple(pixels.shape[-2:])} px give a {tuple(codes.shape[-2:])} code grid, "
-                              f"the layout expects {self.layout.grid_h}x{self.layout.grid_w}")
-        return codes.long().cpu()
-
-    @torch.no_grad()
-    def decode_codes(self, codes: torch.Tensor) -> np.ndarray:
-        """Codes (B, h, w) -> float32 images (B, H, W) in [0, 1]."""
-        from progemu.data.ingest import from_pixel_values
-
-        vq = self._need_vq()
-        pixels = vq.decode(torch.as_tensor(codes).long().to(next(vq.parameters()).device))
-        out = from_pixel_values(pixels)
-        return out[None] if out.ndim == 2 else out
-
     # ---- config, saving, loading ----------------------------------------------------------------------------
-    def model_config(self, preset: str = "tiny", **overrides: Any) -> Any:
-        """A `ProgEmuConfig` of ``preset`` matching this processor (layout, order, VQ config)."""
+    def model_config(self, preset: str = "tiny", image_tokenizer: Any = None, **overrides: Any) -> Any:
+        """A `ProgEmuConfig` of ``preset`` matching this processor (layout, order) and ``image_tokenizer``'s config
+        (progemu's VQ; the model then owns that tokenizer, `ProgEmuForCausalLM.set_image_tokenizer`)."""
         from progemu.configuration_progemu import ProgEmuConfig
 
         overrides.setdefault("sequence_order", self.sequence_order)
-        vq_config = getattr(self.vq_model, "config", None)
+        vq_config = getattr(image_tokenizer, "config", None)
         vq_config = vq_config if getattr(vq_config, "model_type", None) == "progemu_vq" else None
         return ProgEmuConfig.from_preset(preset, layout=self.layout, vq_config=vq_config, **overrides)
 
@@ -264,35 +232,15 @@ class ProgEmuProcessor(ProcessorMixin):
             self.max_length = int(config.max_position_embeddings)
 
     def to_dict(self) -> dict[str, Any]:
-        vq = self.__dict__.pop("vq_model", None)  # a model, saved in vq/ rather than in JSON
-        try:
-            out = super().to_dict()
-        finally:
-            self.vq_model = vq
-        out.pop("vq_model", None)
+        out = super().to_dict()
         out.pop("_layout", None)
         return out
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> list[str]:
-        """Tokenizer files + ``processor_config.json`` + the VQ model in ``vq/`` (when there is one)."""
-        files = super().save_pretrained(str(save_directory), **kwargs)
-        if self.vq_model is not None:
-            self.vq_model.save_pretrained(str(Path(save_directory) / "vq"))
-        return files
-
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, vq_model: Any = None, load_vq: bool = True,
-                        **kwargs: Any) -> ProgEmuProcessor:
-        """Load a folder written by `save_pretrained`; the VQ from ``vq/`` unless given or ``load_vq=False``."""
-        proc = super().from_pretrained(str(pretrained_model_name_or_path), **kwargs)
-        vq_dir = Path(pretrained_model_name_or_path) / "vq"
-        if vq_model is not None:
-            proc.vq_model = vq_model
-        elif load_vq and (vq_dir / "config.json").is_file():
-            from progemu.emu3_vq import load_image_tokenizer
-
-            proc.vq_model = load_image_tokenizer(vq_dir)  # progemu's VQ or Emu3's VQ-VAE
-        return proc
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> ProgEmuProcessor:
+        """Load a folder written by `save_pretrained`. A ``vq/`` in it belongs to the model
+        (`ProgEmuForCausalLM.from_pretrained` loads it), not to the processor."""
+        return super().from_pretrained(str(pretrained_model_name_or_path), **kwargs)
 
 
 __all__ = ["IMAGE_TASKS", "TASKS", "ProgEmuProcessor"]

@@ -46,11 +46,11 @@ def make_model_dir(path, image_size: int = 32, codebook: int = 32, seed: int = 0
                                         codebook_size=codebook, codebook_dim=8, image_size=image_size,
                                         vq_kmeans_init=False, encoder_res_blocks=1, decoder_res_blocks=1)).eval()
     grid = image_size // vq.downsample_factor
-    proc = ProgEmuProcessor(tok, codebook_size=codebook, grid_h=grid, grid_w=grid, vq_model=vq,
-                            ingest_options={"size": image_size})
-    cfg = proc.model_config("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    proc = ProgEmuProcessor(tok, codebook_size=codebook, grid_h=grid, grid_w=grid, ingest_options={"size": image_size})
+    cfg = proc.model_config("tiny", vq, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2)
     model = ProgEmuForCausalLM(cfg).eval()
+    model.set_image_tokenizer(vq)  # saved in vq/ with the model
     with torch.no_grad():
         model.lm_head.weight.mul_(20)
     model.save_pretrained(path)

@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 import progemu  # noqa: F401 - registers the Auto classes
 from progemu.cli import main
 from progemu.convert.emu3 import convert_emu3
+from progemu.emu3_vq import load_image_tokenizer
 from progemu.errors import ConversionError
+from progemu.image_codes import decode_codes, encode_images
 from progemu.modeling_progemu import ProgEmuForCausalLM
 from progemu.processing_progemu import ProgEmuProcessor
 from tests._emu3_helpers import CODEBOOK, IMAGE, make_emu3, save_original_format, save_transformers_format
@@ -63,7 +65,8 @@ def test_original_layout_gives_emu3_logits(emu3, tmp_path):
     out = convert_emu3(lm, tmp_path / "out", vq=vq, image_size=IMAGE)
     _same_logits(emu3[0], out)
     proc = AutoProcessor.from_pretrained(out)
-    assert proc.sequence_order == "prior_prompt" and proc.vq_model is not None
+    assert proc.sequence_order == "prior_prompt" and not hasattr(proc, "vq_model")
+    assert (out / "vq" / "config.json").is_file()  # Emu3's VQ-VAE, the model's (Emu3GrayVQ)
 
 
 def test_layout_keeps_emu3_ids(emu3, converted):
@@ -97,9 +100,10 @@ def test_grayscale_codes_match_native_image_tokens(emu3, converted):
         native_block = native_block[1:]
     native_block[native_block == native.config.image_token_id] = tokens.long()
     proc = AutoProcessor.from_pretrained(converted)
-    codes = proc.encode_images([gray.astype(np.float32) / 255])  # (1, h, w): grayscale in, three channels inside
+    vq = load_image_tokenizer(converted / "vq")  # the converted model's image tokenizer, without the transformer
+    codes = encode_images(vq, proc, [gray.astype(np.float32) / 255])  # (1, h, w): grayscale in, three channels inside
     assert torch.equal(torch.tensor(proc.image_ids(codes[0])), native_block)
-    decoded = proc.decode_codes(codes)  # Emu3's RGB output back as one channel
+    decoded = decode_codes(vq, codes)  # Emu3's RGB output back as one channel
     assert decoded.shape == (1, IMAGE, IMAGE) and 0 <= decoded.min() and decoded.max() <= 1
 
 
@@ -198,7 +202,7 @@ def test_generate_command_runs_on_the_converted_model(emu3, converted, tmp_path)
 
 def test_model_owns_its_image_tokenizer(emu3, converted, tmp_path):
     """As Emu3's `model.vqmodel`: the converted model encodes and decodes itself (get_image_tokens == the native
-    block), saves its VQ-VAE inside its folder, and the pipeline's processor borrows that one network."""
+    block), saves its VQ-VAE inside its folder, and the pipeline encodes through it."""
     from progemu.emu3_vq import Emu3GrayVQ
     from progemu.generation.pipeline import CounterfactualPipeline
 
@@ -217,4 +221,6 @@ def test_model_owns_its_image_tokenizer(emu3, converted, tmp_path):
     model.save_pretrained(tmp_path / "again")
     assert (tmp_path / "again" / "vq" / "config.json").is_file()
     pipe = CounterfactualPipeline.from_pretrained(converted, device="cpu")
-    assert pipe.processor.vq_model is pipe.model.vqmodel
+    assert isinstance(pipe.model.vqmodel, Emu3GrayVQ) and not hasattr(pipe.processor, "vq_model")
+    codes = encode_images(pipe.model, pipe.processor, [gray.astype(np.float32) / 255])
+    assert torch.equal(lay.codes_to_ids(codes)[0, lay.header_length:-2], ref)

@@ -26,7 +26,7 @@ def test_embedded_checkpoint_loads_with_auto_classes_and_fits_the_budget():
     model = AutoModelForCausalLM.from_pretrained(MODEL)
     processor = AutoProcessor.from_pretrained(MODEL)
     assert isinstance(model, ProgEmuForCausalLM) and isinstance(processor, ProgEmuProcessor)
-    assert processor.vq_model is not None
+    assert model.vqmodel is not None and not hasattr(processor, "vq_model")  # the model owns its image tokenizer
     processor.check_model_config(model.config)
     # the embedded checkpoint (transformer, VQ tokenizer, text tokenizer) stays within 25 MB; the evaluation
     # networks, which are no part of it, stay small too
@@ -38,6 +38,7 @@ def test_embedded_checkpoint_edits_only_inside_the_mask_and_writes_text(tmp_path
     from progemu.generation import CounterfactualPipeline, GenerationItem, PipelineOptions
     from progemu.generation.decoder import DecodeOptions
     from progemu.generation.sampling import SamplingOptions
+    from progemu.image_codes import encode_images
     from progemu.synth import SynthCXR
 
     pair = SynthCXR(size=128, seed=99).pair(0)
@@ -48,7 +49,7 @@ def test_embedded_checkpoint_edits_only_inside_the_mask_and_writes_text(tmp_path
                            region="mask", dilate=0, guidance="nll")
     item = GenerationItem("a", image=pair.prior, prompt="Moderate right pleural effusion has developed.", mask=mask)
     (res,) = pipe([item], opts)
-    prior_codes = pipe.processor.encode_images([pair.prior])[0]
+    prior_codes = encode_images(pipe.model, pipe.processor, [pair.prior])[0]
     outside = ~res.edit_mask
     assert outside.any() and res.edit_mask.any()
     assert torch.equal(res.codes[outside], prior_codes.to(res.codes.device)[outside])

@@ -152,11 +152,16 @@ def test_true_followup_through_the_vq(evaluated, tmp_path):
     vqf, true = m["systems"]["vq_followup"], m["systems"]["true_followup"]
     assert vqf["text"] == true["text"]  # the same reference interpretations: only the images differ
     assert true["image"]["ssim"] == pytest.approx(1.0) and vqf["image"]["ssim"] < 0.9
-    # the images are what generation would show for the true codes: the processor's own reading, encoding, decoding
+    # the images are what generation would show for the true codes: the processor's reading, the model's encoding
+    # and decoding (its own image tokenizer, as the pipeline uses it)
+    from progemu.image_codes import decode_codes, encode_images
+    from progemu.modeling_progemu import ProgEmuForCausalLM
+
     paths = sorted((tmp / "data").rglob("*.png"))[:3]
     proc = ProgEmuProcessor.from_pretrained(str(model))
-    codes = proc.encode_images(paths)
-    expect = [fit(im, (SIZE, SIZE)) for im in proc.decode_codes(codes)]
+    owner = ProgEmuForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+    codes = encode_images(owner, proc, paths)
+    expect = [fit(im, (SIZE, SIZE)) for im in decode_codes(owner, codes)]
     got = vq_round_trip(model, paths, SIZE)
     assert got.shape == (3, SIZE, SIZE) and np.allclose(got, np.stack(expect), atol=1e-5)
     assert not np.allclose(got, vq_round_trip(model, paths[1:] + paths[:1], SIZE), atol=1e-3)  # per image, in order

@@ -12,6 +12,7 @@ from progemu.cli import main
 from progemu.generation import CounterfactualPipeline, DecodeOptions, GenerationItem, PipelineOptions, SamplingOptions
 from progemu.generation.guidance import change_grid, upsample
 from progemu.generation.region import anatomy_map, coverage_grid
+from progemu.image_codes import decode_codes, encode_images
 from tests._gen_helpers import make_model_dir
 
 
@@ -131,7 +132,7 @@ def test_pipeline_region_keeps_prior_codes_outside(pipe):
     opts = PipelineOptions(decode=DecodeOptions(cfg_image=3.0, max_text_tokens=4), dilate=0, num_samples=2)
     res = pipe([GenerationItem("x", image=prior, prompt="new consolidation in the right lower lung.", mask=mask)],
                opts)
-    codes = pipe.processor.encode_images([prior])[0]
+    codes = encode_images(pipe.model, pipe.processor, [prior])[0]
     for r in res:
         assert r.edit_mask.shape == (lay.grid_h, lay.grid_w) and int(r.edit_mask.sum()) == 1
         assert torch.equal(r.codes[~r.edit_mask], codes[~r.edit_mask])
@@ -194,7 +195,7 @@ def test_paste_prior_inside_the_mask_keeps_the_cells_whose_codes_were_kept(pipe,
                           mask=np.ones((32, 32), bool))
     res = pipe([item], PipelineOptions(decode=DecodeOptions(max_text_tokens=1), dilate=0, region="mask",
                                        paste_prior=True))[0]
-    changed = res.codes != pipe.processor.encode_images([prior])[0]
+    changed = res.codes != encode_images(pipe.model, pipe.processor, [prior])[0]
     assert bool(res.edit_mask.all()) and not changed[:, :2].any() and changed[:, 2:].all()
     cell = 32 // pipe.layout.grid_w
     assert np.array_equal(res.image[:, :cell], prior[:, :cell])  # two cells from any change: the prior's pixels
@@ -208,7 +209,7 @@ def test_cfg_null_branch_is_the_one_asked_for(pipe, null, monkeypatch):
     lay, proc = pipe.layout, pipe.processor
     prior = np.random.default_rng(5).random((32, 32)).astype(np.float32)
     item = GenerationItem("c", image=prior, prompt="new consolidation in the right lower lung.")
-    codes = proc.encode_images([prior])[0]
+    codes = encode_images(pipe.model, proc, [prior])[0]
     cond_ids = proc.build_generation_prompt("icg", prior_codes=codes, prompt=item.prompt)
     null_ids = (proc.build_generation_prompt("icg", prior_codes=codes, prompt="") if null == "prior"
                 else proc.build_generation_prompt("icg", unconditional=True))
@@ -232,7 +233,7 @@ def test_three_branch_pipeline_passes_both_nulls(pipe, monkeypatch):
     proc = pipe.processor
     prior = np.random.default_rng(6).random((32, 32)).astype(np.float32)
     item = GenerationItem("t", image=prior, prompt="new consolidation in the right lower lung.")
-    codes = proc.encode_images([prior])[0]
+    codes = encode_images(pipe.model, proc, [prior])[0]
     seen, generate = [], pipe.generator.generate
     monkeypatch.setattr(pipe.generator, "generate", lambda *a, **kw: seen.append(kw) or generate(*a, **kw))
     outs = {}
@@ -275,7 +276,7 @@ def test_change_map_is_where_the_codes_changed_and_empty_when_nothing_changes(pi
     """guidance = where the model changed the image (its decoded codes against the prior's); relevance = where the
     prompt asked for a change; a prompt that changes nothing leaves both empty."""
     prior = np.random.default_rng(8).random((32, 32)).astype(np.float32)
-    codes = pipe.processor.encode_images([prior])[0]
+    codes = encode_images(pipe.model, pipe.processor, [prior])[0]
     mask = np.zeros((32, 32), bool)
     mask[:, 16:] = True  # the right half may change
     item = GenerationItem("c", image=prior, prompt="new consolidation in the right lower lung.", mask=mask)
@@ -284,7 +285,7 @@ def test_change_map_is_where_the_codes_changed_and_empty_when_nothing_changes(pi
     assert changed.any() and not changed[:, : changed.shape[1] // 2].any()
     # the change is the model's: decoded codes against the prior's decoded codes (not the raw prior, which the VQ
     # never reproduces exactly); locality with a trained VQ: test_embedded_assets
-    dec = pipe.processor.decode_codes(torch.stack([res.codes, codes]))
+    dec = decode_codes(pipe.model, torch.stack([res.codes, codes]))
     want = upsample(change_grid(dec[0], dec[1], changed.shape), (32, 32))
     assert res.guidance.shape == (32, 32) and res.guidance.max() > 0
     np.testing.assert_allclose(res.guidance, want, atol=1e-5)
@@ -306,7 +307,7 @@ def test_prior_reconstruction_is_recorded_and_an_unfamiliar_input_warned(model_d
     rec = json.loads((out / "ok1" / "record.json").read_text())
     pipe = CounterfactualPipeline.from_pretrained(model_dir, device="cpu")
     prior = pipe.load_prior(tmp_path / "p1.png")
-    recon = pipe.processor.decode_codes(pipe.processor.encode_images([prior]))[0]
+    recon = decode_codes(pipe.model, encode_images(pipe.model, pipe.processor, [prior]))[0]
     assert rec["prior_reconstruction"] == reconstruction_scores(prior, recon)
     assert all("warning" not in json.loads(x) for x in (out / "results.jsonl").read_text().splitlines())
 

@@ -337,6 +337,7 @@ def test_processor_built_from_tokenizer_and_vq_reads_images_at_the_shard_size(tm
     """A run without a processor folder builds one whose image size gives the shards' code grid (what
     `progemu generate` then encodes priors with), not IngestOptions' default size."""
     from progemu.configuration_vq import ProgEmuVQConfig
+    from progemu.image_codes import encode_images, ingest_options
     from progemu.modeling_vq import ProgEmuVQModel
     from progemu.processing_progemu import ProgEmuProcessor
     from train.config import DataArgs, ModelArgs
@@ -349,17 +350,18 @@ def test_processor_built_from_tokenizer_and_vq_reads_images_at_the_shard_size(tm
     vq = ProgEmuVQModel(cfg).eval()
     vq.save_pretrained(str(tmp_path / "vq"))
     rows = [{"grid_h": 4, "grid_w": 4}]
-    proc = load_processor(ModelArgs(), DataArgs(text_tokenizer=str(tmp_path / "tok"), vq=str(tmp_path / "vq"),
-                                                shards=str(tmp_path / "shards")), rows)
+    proc, got = load_processor(ModelArgs(), DataArgs(text_tokenizer=str(tmp_path / "tok"), vq=str(tmp_path / "vq"),
+                                                     shards=str(tmp_path / "shards")), rows)
+    assert not hasattr(proc, "vq_model")  # the run's image tokenizer is returned beside it, saved in vq/
     size = proc.get_ingest_options().size
     assert vq.grid_size(size) == (proc.layout.grid_h, proc.layout.grid_w) == (4, 4)
-    codes = proc.encode_images([np.zeros((size, size), np.float32)])
+    codes = encode_images(got, proc, [np.zeros((size, size), np.float32)])
     assert tuple(codes.shape) == (1, 4, 4)
-    proc.ingest_options = {}  # a processor saved without a size (older runs) derives it from its VQ
-    assert proc.get_ingest_options().size == size
+    proc.ingest_options = {}  # a processor saved without a size (older runs) derives it from the VQ
+    assert ingest_options(got, proc).size == size
 
 
-def test_processor_carries_the_vq_that_encoded_the_shards(tmp_path):
+def test_run_keeps_the_vq_that_encoded_the_shards(tmp_path):
     """A stage initialised from a run trained on another VQ's codes must save the shards' VQ, not the inherited
     one (else `generate` would encode priors with codes the model never learnt); an explicit processor whose VQ
     disagrees with the shards is an error."""
@@ -377,20 +379,20 @@ def test_processor_carries_the_vq_that_encoded_the_shards(tmp_path):
     old, new = ProgEmuVQModel(cfg).eval(), ProgEmuVQModel(cfg).eval()
     new.save_pretrained(str(tmp_path / "vq-new"))
     proc = ProgEmuProcessor.from_pretrained(str(make_processor(tmp_path / "proc")))
-    proc.vq_model = old
-    proc.save_pretrained(str(tmp_path / "stage1"))  # the earlier stage's folder, with the old VQ
+    proc.save_pretrained(str(tmp_path / "stage1"))  # the earlier stage's folder, with the old VQ in vq/
+    old.save_pretrained(str(tmp_path / "stage1" / "vq"))
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "encode_info.json").write_text(json.dumps({"model": str(tmp_path / "vq-new")}))
     rows = [{"grid_h": 4, "grid_w": 4}]
-    got = load_processor(ModelArgs(init_from=str(tmp_path / "stage1")), DataArgs(shards=str(shards)), rows)
+    _, got = load_processor(ModelArgs(init_from=str(tmp_path / "stage1")), DataArgs(shards=str(shards)), rows)
     for key, value in new.state_dict().items():
-        assert torch.equal(got.vq_model.state_dict()[key], value), key
+        assert torch.equal(got.state_dict()[key], value), key
     with pytest.raises(ProgEmuError, match="encoded"):
         load_processor(ModelArgs(), DataArgs(shards=str(shards), processor=str(tmp_path / "stage1")), rows)
     (shards / "encode_info.json").write_text(json.dumps({"model": str(tmp_path / "stage1" / "vq")}))  # it agrees
-    same = load_processor(ModelArgs(), DataArgs(shards=str(shards), processor=str(tmp_path / "stage1")), rows)
-    assert torch.equal(same.vq_model.state_dict()["quantizer.q.project_in.weight"],
+    _, same = load_processor(ModelArgs(), DataArgs(shards=str(shards), processor=str(tmp_path / "stage1")), rows)
+    assert torch.equal(same.state_dict()["quantizer.q.project_in.weight"],
                        old.state_dict()["quantizer.q.project_in.weight"])
 
 

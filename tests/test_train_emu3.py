@@ -22,7 +22,7 @@ model = AutoModelForCausalLM.from_pretrained({final!r}, dtype=torch.float32).eva
 start = AutoModelForCausalLM.from_pretrained({start!r}, dtype=torch.float32).eval()
 proc = AutoProcessor.from_pretrained({final!r})
 assert type(model).__name__ == "ProgEmuForCausalLM" and type(proc).__name__ == "ProgEmuProcessor"
-assert proc.vq_model is not None and proc.layout.image_token_start is not None  # Emu3's VQ-VAE and ids kept
+assert type(model.vqmodel).__name__ == "Emu3GrayVQ" and proc.layout.image_token_start is not None  # VQ-VAE, ids kept
 with torch.no_grad():
     logits, before = model(input_ids=PROBE_IDS).logits, start(input_ids=PROBE_IDS).logits
 ref = torch.load({probe!r}, weights_only=True)

@@ -123,6 +123,18 @@ def stream_loader(stream: PackedStream, args: TrainingArguments, collator: Any,
         multiprocessing_context=args.dataloader_multiprocessing_context if workers else None)
 
 
+class SaveImageTokenizer(TrainerCallback):
+    """Writes the run's image tokenizer into each checkpoint's ``vq/``, where a model folder keeps it (the model's
+    ``vqmodel``; `train.consolidate` copies it). It is frozen and no submodule of the trained model."""
+
+    def __init__(self, image_tokenizer: Any):
+        self.image_tokenizer = image_tokenizer
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.image_tokenizer.save_pretrained(str(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "vq"))
+
+
 class StopAtStep(TrainerCallback):
     """Save and end the run at ``step`` of a longer schedule (``stop_at_step``): what a run cut off right after
     that step's checkpoint leaves, made repeatable (the demo model's stage 7 ended so on a GPU slot)."""

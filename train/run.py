@@ -19,24 +19,34 @@ from transformers import TrainingArguments, set_seed
 from progemu.errors import ProgEmuError
 from train.config import DataArgs, ModelArgs, parse_config
 from train.data import PackedStream, build_rows, load_sources
-from train.engine import StopAtStep, attn_implementation, last_checkpoint, make_trainer, plot_loss_curve, write_json
+from train.engine import (
+    SaveImageTokenizer,
+    StopAtStep,
+    attn_implementation,
+    last_checkpoint,
+    make_trainer,
+    plot_loss_curve,
+    write_json,
+)
 from train.examples import Collator, ExampleBuilder
 
 log = logging.getLogger("progemu.train")
 
 
-def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any:
-    """The run's processor: given folder, else the init_from folder's, else text tokenizer + VQ + shard grid."""
+def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> tuple[Any, Any]:
+    """The run's processor and image tokenizer (saved in each checkpoint's ``vq/``, the model folder's layout):
+    the given processor folder's, else the init_from folder's, else text tokenizer + VQ + shard grid."""
+    from progemu.emu3_vq import load_image_tokenizer
     from progemu.processing_progemu import ProgEmuProcessor
 
     for src in (data_args.processor, model_args.init_from):
         if src and (Path(src) / "processor_config.json").is_file():
             proc = ProgEmuProcessor.from_pretrained(src)
+            vq_dir = Path(src) / "vq"
+            vq = load_image_tokenizer(vq_dir) if (vq_dir / "config.json").is_file() else None
             break
     else:
         from transformers import AutoTokenizer
-
-        from progemu.emu3_vq import load_image_tokenizer
 
         for need in (data_args.text_tokenizer, data_args.vq):
             if not Path(need).is_dir():
@@ -50,10 +60,8 @@ def load_processor(model_args: ModelArgs, data_args: DataArgs, rows: Any) -> Any
         if int(row["grid_h"]) != int(row["grid_w"]):
             raise ProgEmuError(f"{data_args.shards}: non-square code grid {row['grid_h']}x{row['grid_w']}")
         proc = ProgEmuProcessor(tok, codebook_size=vq.config.codebook_size, grid_h=int(row["grid_h"]),
-                                grid_w=int(row["grid_w"]), vq_model=vq,
-                                ingest_options={"size": int(row["grid_h"]) * f})
-    _use_the_shards_vq(proc, data_args, explicit=bool(data_args.processor))
-    return proc
+                                grid_w=int(row["grid_w"]), ingest_options={"size": int(row["grid_h"]) * f})
+    return proc, _use_the_shards_vq(vq, data_args, explicit=bool(data_args.processor))
 
 
 def shards_vq(shards: str) -> Path | None:
@@ -74,23 +82,23 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def _use_the_shards_vq(proc: Any, data_args: DataArgs, explicit: bool) -> None:
-    """The processor saved with the model must hold the VQ whose codes the model learnt: a processor inherited
-    from ``init_from`` (e.g. a stage trained on another VQ's codes) gets the shards' VQ; a processor or ``vq``
-    named explicitly that disagrees with the shards is an error."""
+def _use_the_shards_vq(vq: Any, data_args: DataArgs, explicit: bool) -> Any:
+    """The image tokenizer saved with the model must be the VQ whose codes the model learnt: one inherited from
+    ``init_from`` (e.g. a stage trained on another VQ's codes) gives way to the shards' VQ; a processor folder named
+    explicitly whose VQ disagrees with the shards is an error."""
     from progemu.emu3_vq import load_image_tokenizer
 
     src = shards_vq(data_args.shards)
-    if src is None or proc.vq_model is None:
-        return
-    vq = load_image_tokenizer(src)
-    if _same_weights(vq, proc.vq_model):
-        return
+    if src is None or vq is None:
+        return vq
+    shards = load_image_tokenizer(src)
+    if _same_weights(shards, vq):
+        return vq
     if explicit:
         raise ProgEmuError(f"{data_args.processor}: its VQ is not the one that encoded {data_args.shards} ({src}); "
                            "re-encode the shards or use that VQ's processor")
     log.info("the processor's VQ did not encode %s: using the shards' VQ %s", data_args.shards, src)
-    proc.vq_model = vq
+    return shards
 
 
 def example_builder(processor: Any, data_args: DataArgs, train: bool = True) -> ExampleBuilder:
@@ -114,9 +122,9 @@ def train_stream(data_args: DataArgs, args: TrainingArguments, processor: Any,
 
 
 def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_loss_weight: float = 1.0,
-                text_loss_weight: float = 1.0) -> torch.nn.Module:
-    """From scratch (preset), from a ProgEmu folder or checkpoint, or from a Llama text LLM folder; its config
-    gets the run's loss weights."""
+                text_loss_weight: float = 1.0, image_tokenizer: Any = None) -> torch.nn.Module:
+    """From scratch (preset; its config names ``image_tokenizer``'s, when progemu's VQ), from a ProgEmu folder or
+    checkpoint, or from a Llama text LLM folder; its config gets the run's loss weights."""
     from transformers import AutoConfig
 
     from progemu.modeling_progemu import ProgEmuForCausalLM
@@ -125,9 +133,10 @@ def build_model(model_args: ModelArgs, processor: Any, max_length: int, image_lo
     src = model_args.init_from
     if src is None:
         overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
-        cfg = processor.model_config(model_args.model_preset, **overrides)
+        cfg = processor.model_config(model_args.model_preset, image_tokenizer, **overrides)
         if cfg.max_position_embeddings < max_length:
-            cfg = processor.model_config(model_args.model_preset, **{**overrides, "max_position_embeddings": max_length})
+            cfg = processor.model_config(model_args.model_preset, image_tokenizer,
+                                         **{**overrides, "max_position_embeddings": max_length})
         # _from_config mutates the config it is given (attention implementation): hand it a copy
         model = ProgEmuForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation=impl)
     else:
@@ -186,7 +195,7 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
         raise ProgEmuError(f"stop_at_step {model_args.stop_at_step} must lie between 0 and max_steps ({args.max_steps})")
     set_seed(args.seed)
     sources = load_sources(data_args.shards, data_args.train_split, data_args.max_samples)
-    processor = load_processor(model_args, data_args, sources[0])
+    processor, image_tokenizer = load_processor(model_args, data_args, sources[0])
     processor.max_length = data_args.max_length
     pad = processor.layout.pad_id
     train_ds = train_stream(data_args, args, processor, sources)
@@ -202,8 +211,8 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
                  args.dataloader_num_workers)
     set_seed(args.seed)
     model = build_model(model_args, processor, data_args.max_length, data_args.image_loss_weight,
-                        data_args.text_loss_weight)
-    extra = []
+                        data_args.text_loss_weight, image_tokenizer)
+    extra = [] if image_tokenizer is None else [SaveImageTokenizer(image_tokenizer)]
     if model_args.lora_rank > 0:
         from train.lora import SaveBaseConfig, add_lora
 

@@ -261,9 +261,9 @@ def convert_emu3(src: str | Path, out: str | Path, vq: str | Path | None = None,
         config.save_pretrained(str(tmp))
         GenerationConfig.from_model_config(config).save_pretrained(str(tmp))
         proc = ProgEmuProcessor(source.tokenizer, vocab_layout=layout.to_dict(), sequence_order=sequence_order,
-                                max_length=int(config.max_position_embeddings), ingest_options={"size": image_size},
-                                vq_model=gray)
-        proc.save_pretrained(str(tmp))  # tokenizer, processor_config.json, vq/
+                                max_length=int(config.max_position_embeddings), ingest_options={"size": image_size})
+        proc.save_pretrained(str(tmp))  # tokenizer, processor_config.json
+        gray.save_pretrained(str(tmp / "vq"))  # the model's image tokenizer, inside its folder as Emu3's vqmodel
         from progemu.model_card import write_model_card
 
         write_model_card(tmp, config.to_dict(), notes=f"Converted from the Emu3 checkpoint {source.src.name} "

@@ -38,6 +38,7 @@ from progemu.generation.region import (
     paste_prior,
     to_grid,
 )
+from progemu.image_codes import decode_codes, encode_images, image_tokenizer, ingest_options
 from progemu.io import file_stamp
 
 MODES: tuple[str, ...] = ("counterfactual", "report2image", "image2report")
@@ -143,7 +144,8 @@ def item_seed(seed: int, item_id: str, sample: int) -> int:
 
 
 class CounterfactualPipeline:
-    """Model + processor (with its VQ) -> batched counterfactuals, interpretations and guidance maps."""
+    """Model (with its image tokenizer, ``model.vqmodel``) + processor -> batched counterfactuals, interpretations
+    and guidance maps."""
 
     def __init__(self, model: torch.nn.Module, processor: Any, source: str | None = None):
         self.model = model.eval()
@@ -155,7 +157,7 @@ class CounterfactualPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None) -> CounterfactualPipeline:
-        """Load a model folder (`save_pretrained` of the model and the processor, VQ in ``vq/``)."""
+        """Load a model folder (`save_pretrained` of the model and the processor; the model's VQ in ``vq/``)."""
         from progemu.modeling_progemu import ProgEmuForCausalLM
         from progemu.processing_progemu import ProgEmuProcessor
 
@@ -163,11 +165,10 @@ class CounterfactualPipeline:
         if dtype is None:  # the saved dtype on GPUs; on CPUs fp32, since a bf16-saved checkpoint decodes slower there
             dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
         model = ProgEmuForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-        # one image tokenizer: the model's (loaded from vq/), lent to the processor that encodes and decodes
-        processor = ProgEmuProcessor.from_pretrained(str(path), vq_model=model.vqmodel)
+        processor = ProgEmuProcessor.from_pretrained(str(path))
         processor.check_model_config(model.config)
-        if processor.vq_model is not None:
-            processor.vq_model.to(device)
+        if model.vqmodel is not None:  # the model's image tokenizer (from vq/) is no submodule: `.to` skips it
+            model.vqmodel.to(device)
         # the dtype too: bf16 and fp32 outputs of the same weights differ
         return cls(model, processor, source=f"{weights_fingerprint(path)}:{next(model.parameters()).dtype}")
 
@@ -177,7 +178,7 @@ class CounterfactualPipeline:
         if isinstance(image, (str, Path)):
             from progemu.data.ingest import load_image
 
-            return load_image(image, self.processor.get_ingest_options())
+            return load_image(image, ingest_options(self.model, self.processor))
         return np.asarray(image, dtype=np.float32)
 
     def region_mask(self, item: GenerationItem, opts: PipelineOptions, size: tuple[int, int],
@@ -247,7 +248,8 @@ class CounterfactualPipeline:
             if opts.mode != "image2report" and not (it.prompt or "").strip():
                 raise ProgEmuError(f"item {it.id!r}: empty prompt")
         # one image at a time through the VQ: an item's codes and pixels then never depend on its batch neighbours
-        codes = torch.cat([proc.encode_images([p]) for p in priors]) if needs_prior else None  # (B, h, w)
+        codes = (torch.cat([encode_images(self.model, proc, [p]) for p in priors])
+                 if needs_prior else None)  # (B, h, w)
         # (scores, warning, the prior decoded from its own codes): the change map compares the output against it
         fidelity = [self.prior_fidelity(priors[i], codes[i]) for i in range(n)] if needs_prior else [None] * n
         t_load = time.perf_counter() - t0
@@ -292,7 +294,7 @@ class CounterfactualPipeline:
                                       prior_null_prompts=by_row(prior_nulls), prior_codes=prior,
                                       edit_mask=edit_mask, seeds=seeds, generate_image=opts.mode != "image2report",
                                       options=opts.decode)
-        images = (np.concatenate([proc.decode_codes(c[None]) for c in out.codes])
+        images = (np.concatenate([decode_codes(self.model, c[None]) for c in out.codes])
                   if out.codes is not None else None)  # (B*k, H, W)
         changes = [None] * len(rep)  # where the model acted: its decoded codes against the prior's, per row
         if images is not None and needs_prior:
@@ -328,11 +330,11 @@ class CounterfactualPipeline:
                        codes: torch.Tensor) -> tuple[dict[str, float], str | None, np.ndarray]:
         """The prior's reconstruction PSNR / SSIM through the tokenizer, the warning they call for (or None), and the
         reconstruction itself at the tokenizer's size (H', W')."""
-        recon = self.processor.decode_codes(codes[None])[0]
+        recon = decode_codes(self.model, codes[None])[0]
         at_prior = recon
         if recon.shape != prior.shape:  # the scores compare at the prior's size
             t = torch.as_tensor(recon, dtype=torch.float32)[None, None]
             at_prior = torch.nn.functional.interpolate(t, size=prior.shape, mode="bilinear")[0, 0].numpy()
         scores = reconstruction_scores(prior, at_prior)
-        config = getattr(self.processor.vq_model, "config", None)
+        config = getattr(image_tokenizer(self.model), "config", None)
         return scores, unfamiliar(scores, getattr(config, "validation", None)), recon
