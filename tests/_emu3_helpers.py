@@ -1,15 +1,18 @@
 """Tiny random Emu3 checkpoints built with transformers' own classes, in both layouts `progemu convert emu3` reads:
 transformers' format (`Emu3ForConditionalGeneration` + `Emu3Processor`) and Emu3's original one (an
-`Emu3ForCausalLM` folder with Llama key names and an original-style config, plus a vision-tokenizer folder)."""
+`Emu3ForCausalLM` folder with Llama key names and an original-style config, plus a vision-tokenizer folder), the
+latter with a transformers-format text tokenizer or with Emu3's own tiktoken one (`write_tiktoken_tokenizer`)."""
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     Emu3Config,
     Emu3ForConditionalGeneration,
@@ -19,11 +22,15 @@ from transformers import (
     Emu3VQVAEConfig,
     PreTrainedTokenizerFast,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 CODEBOOK = 64
 IMAGE = 32  # px; spatial factor 8 -> a 4x4 code grid
 TEXTS = ["Moderate left pleural effusion has developed in the left lower lung.", "No pneumothorax.",
          "There is blunting of the left costophrenic angle, indicating a new pleural effusion.", "64*64 32*32 4*4"]
+# Emu3's tokenization_emu3.PAT_STR, written out here so that the tests check the converter's copy
+EMU3_PAT_STR = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+                r"""|\s+(?!\S)|\s+""")
 EXTRA = {"image_token": "<image>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",
          "image_wrapper_token": "<|image token|>", "eof_token": "<|extra_201|>"}
 
@@ -44,21 +51,87 @@ def make_emu3_tokenizer() -> PreTrainedTokenizerFast:
                                    clean_up_tokenization_spaces=False)
 
 
-def make_emu3(seed: int = 0) -> tuple[Emu3ForConditionalGeneration, Emu3Processor]:
-    tok = make_emu3_tokenizer()
-    text = Emu3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                          pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+def _make_model(vocab: dict[str, int], pad: str, bos: str, eos: str, seed: int) -> Emu3ForConditionalGeneration:
+    text = Emu3TextConfig(vocab_size=max(vocab.values()) + 1, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256,
+                          pad_token_id=vocab[pad], bos_token_id=vocab[bos], eos_token_id=vocab[eos],
                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     vq = Emu3VQVAEConfig(codebook_size=CODEBOOK, embed_dim=4, latent_channels=4, base_channels=32,
                          channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[], hidden_size=32)
     torch.manual_seed(seed)
-    model = Emu3ForConditionalGeneration(Emu3Config(text_config=text, vq_config=vq,
-                                                    vocabulary_map=tok.get_vocab())).eval()
+    model = Emu3ForConditionalGeneration(Emu3Config(text_config=text, vq_config=vq, vocabulary_map=vocab)).eval()
     with torch.no_grad():  # a sharper random model: greedy decoding has no near-ties between implementations
         model.lm_head.weight.mul_(20)
-    image_processor = Emu3ImageProcessor(min_pixels=IMAGE * IMAGE, max_pixels=IMAGE * IMAGE, spatial_factor=8)
-    return model, Emu3Processor(image_processor=image_processor, tokenizer=tok)
+    return model
+
+
+def make_image_processor() -> Emu3ImageProcessor:
+    return Emu3ImageProcessor(min_pixels=IMAGE * IMAGE, max_pixels=IMAGE * IMAGE, spatial_factor=8)
+
+
+def make_emu3(seed: int = 0) -> tuple[Emu3ForConditionalGeneration, Emu3Processor]:
+    tok = make_emu3_tokenizer()
+    model = _make_model(tok.get_vocab(), tok.pad_token, tok.bos_token, tok.eos_token, seed)
+    return model, Emu3Processor(image_processor=make_image_processor(), tokenizer=tok)
+
+
+def make_tiktoken_ranks(merges: int = 80,
+                        extra: tuple[bytes, ...] = (b"12", b"64", b" 3", b"'RE")) -> dict[bytes, int]:
+    """A tiny tiktoken BPE: the 256 bytes (rank = byte), then ``merges`` tokens learned on TEXTS, split by Emu3's
+    pattern, in merge order, then ``extra``: ranks 0..n-1 as in Emu3's ``emu3.tiktoken``. The extra tokens are
+    pieces only another pattern makes (digit runs, a space before a digit, an upper-case contraction): a converter
+    that splits text otherwise than Emu3 gives other ids."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(EMU3_PAT_STR), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=256 + merges, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(TEXTS, trainer=trainer)
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes([b]): b for b in range(256)}
+    for piece, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
+        ranks.setdefault(bytes(byte_of[c] for c in piece), len(ranks))
+    for token in extra:
+        ranks.setdefault(token, len(ranks))
+    return ranks
+
+
+def emu3_tiktoken_special_tokens() -> list[str]:
+    """Emu3's special tokens in id order (tokenization_emu3.py's): fixed ones, then emu3_vision_tokens.txt's lines."""
+    return (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
+            + ["<|image token|>", "<|image start|>", "<|image end|>"]
+            + [f"<|visual token {i:06d}|>" for i in range(CODEBOOK)])
+
+
+def write_tiktoken_tokenizer(folder: Path, ranks: dict[bytes, int]) -> None:
+    """Emu3's original text tokenizer files: ``emu3.tiktoken``, ``emu3_vision_tokens.txt``, the tokenizer config
+    that points AutoTokenizer at ``tokenization_emu3.Emu3Tokenizer``, and that code file (here: one that fails if
+    it is ever run, as converting must not run it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "emu3.tiktoken").write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % r for t, r in ranks.items()))
+    (folder / "emu3_vision_tokens.txt").write_text("\n".join(emu3_tiktoken_special_tokens()[208:]) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "auto_map": {"AutoTokenizer": ["tokenization_emu3.Emu3Tokenizer", None]}, "tokenizer_class": "Emu3Tokenizer",
+        "bos_token": "<|extra_203|>", "eos_token": "<|extra_204|>", "pad_token": "<|endoftext|>",
+        "img_token": "<|image token|>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",
+        "eol_token": "<|extra_200|>", "eof_token": "<|extra_201|>", "clean_up_tokenization_spaces": False,
+        "model_max_length": 1000000000000000019884624838656}))
+    (folder / "tokenization_emu3.py").write_text('raise RuntimeError("remote code was run")\n')
+
+
+def tiktoken_vocab(ranks: dict[bytes, int]) -> dict[str, int]:
+    """Token -> id of Emu3's tiktoken tokenizer, BPE tokens written byte-level as transformers writes them."""
+    unicode_of = bytes_to_unicode()
+    vocab = {"".join(unicode_of[b] for b in t): r for t, r in ranks.items()}
+    vocab.update({t: len(ranks) + k for k, t in enumerate(emu3_tiktoken_special_tokens())})
+    return vocab
+
+
+def make_emu3_tiktoken(seed: int = 0) -> tuple[Emu3ForConditionalGeneration, dict[bytes, int]]:
+    """A tiny Emu3 whose vocabulary is a tiny Emu3 tiktoken tokenizer's (`make_tiktoken_ranks`), and those ranks."""
+    ranks = make_tiktoken_ranks()
+    return _make_model(tiktoken_vocab(ranks), "<|endoftext|>", "<|extra_203|>", "<|extra_204|>", seed), ranks
 
 
 def save_transformers_format(model: Emu3ForConditionalGeneration, processor: Emu3Processor, path: Path) -> Path:
@@ -67,8 +140,10 @@ def save_transformers_format(model: Emu3ForConditionalGeneration, processor: Emu
     return path
 
 
-def save_original_format(model: Emu3ForConditionalGeneration, processor: Emu3Processor, path: Path) -> tuple[Path, Path]:
-    """Emu3's original layout: ``lm/`` (Llama names, model_type "Emu3", two shards) and ``vq/`` (bare names)."""
+def save_original_format(model: Emu3ForConditionalGeneration, path: Path, image_processor: Emu3ImageProcessor,
+                         write_tokenizer: Callable[[Path], object]) -> tuple[Path, Path]:
+    """Emu3's original layout: ``lm/`` (Llama names, model_type "Emu3", two shards, the text tokenizer that
+    ``write_tokenizer(lm)`` writes) and ``vq/`` (bare names)."""
     lm, vq = path / "lm", path / "vq"
     lm.mkdir(parents=True)
     vq.mkdir(parents=True)
@@ -91,7 +166,7 @@ def save_original_format(model: Emu3ForConditionalGeneration, processor: Emu3Pro
         "max_position_embeddings": tc.max_position_embeddings, "rms_norm_eps": tc.rms_norm_eps,
         "rope_theta": 10000.0, "rope_scaling": None, "attention_dropout": 0.1, "pad_token_id": tc.pad_token_id,
         "bos_token_id": tc.bos_token_id, "eos_token_id": tc.eos_token_id, "tie_word_embeddings": False}))
-    processor.tokenizer.save_pretrained(lm)
+    write_tokenizer(lm)
     save_file({k[len("model.vqmodel."):]: v.clone() for k, v in state.items() if k.startswith("model.vqmodel.")},
               str(vq / "model.safetensors"), metadata={"format": "pt"})
     c = model.config.vq_config
@@ -102,7 +177,7 @@ def save_original_format(model: Emu3ForConditionalGeneration, processor: Emu3Pro
         "temporal_downsample_factor": c.temporal_downsample_factor, "ch": c.base_channels,
         "ch_mult": list(c.channel_multiplier), "num_res_blocks": c.num_res_blocks,
         "attn_resolutions": list(c.attn_resolutions), "dropout": 0.0}))
-    ip = processor.image_processor
+    ip = image_processor
     (vq / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(ip.image_mean),
                                                              "image_std": list(ip.image_std)}))
     return lm, vq

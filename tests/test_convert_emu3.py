@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +13,32 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 import progemu  # noqa: F401 - registers the Auto classes
 from progemu.cli import main
 from progemu.convert.emu3 import convert_emu3
+from progemu.convert.emu3_tiktoken import convert_tiktoken_tokenizer
 from progemu.emu3_vq import load_image_tokenizer
 from progemu.errors import ConversionError
 from progemu.image_codes import decode_codes, encode_images
 from progemu.modeling_progemu import ProgEmuForCausalLM
 from progemu.processing_progemu import ProgEmuProcessor
-from tests._emu3_helpers import CODEBOOK, IMAGE, make_emu3, save_original_format, save_transformers_format
+from tests._emu3_helpers import (
+    CODEBOOK,
+    EMU3_PAT_STR,
+    IMAGE,
+    TEXTS,
+    emu3_tiktoken_special_tokens,
+    make_emu3,
+    make_emu3_tiktoken,
+    make_image_processor,
+    save_original_format,
+    save_transformers_format,
+    tiktoken_vocab,
+    write_tiktoken_tokenizer,
+)
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # byte-level BPE's
+# text the tiny BPE never saw: digits, runs of spaces and newlines, contractions, accents (one not NFC), symbols,
+# special tokens written in the text
+ODD_TEXTS = ["12345 64*64 3.5cm", "a\n\n  b   c\t\r\nd ", "it's THEY'RE we'll", "décollement e\u0301 ∆ 肺 🙂",
+             "<|extra_203|>No pneumothorax.<|image start|><|visual token 000003|><|endoftext|>", ""]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +47,27 @@ def emu3(tmp_path_factory):
     model, processor = make_emu3()
     root = tmp_path_factory.mktemp("emu3")
     hf = save_transformers_format(model, processor, root / "hf")
-    return model, processor, hf, save_original_format(model, processor, root / "orig")
+    orig = save_original_format(model, root / "orig", processor.image_processor, processor.tokenizer.save_pretrained)
+    return model, processor, hf, orig
+
+
+@pytest.fixture(scope="module")
+def tiktoken_emu3(tmp_path_factory):
+    """(native model, BPE ranks, (lm, vq)): Emu3's original layout with its own tiktoken text tokenizer."""
+    model, ranks = make_emu3_tiktoken()
+    lm, vq = save_original_format(model, tmp_path_factory.mktemp("tiktoken") / "orig", make_image_processor(),
+                                  lambda lm: write_tiktoken_tokenizer(lm, ranks))
+    return model, ranks, (lm, vq)
+
+
+def _tiktoken_reference(ranks):
+    """Emu3's own encoder: a tiktoken.Encoding over the same ranks, pattern and special tokens (NFC input, as
+    Emu3Tokenizer.tokenize normalises, and special tokens allowed in text)."""
+    import tiktoken
+
+    specials = {t: len(ranks) + k for k, t in enumerate(emu3_tiktoken_special_tokens())}
+    enc = tiktoken.Encoding("emu3-tiny", pat_str=EMU3_PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
+    return lambda text: enc.encode(unicodedata.normalize("NFC", text), allowed_special="all")
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +160,76 @@ def test_missing_or_bad_sources_are_clear_errors(emu3, tmp_path, capsys):
         convert_emu3(emu3[2], tmp_path / "exists")
     import shutil
 
-    bare = tmp_path / "bare-lm"  # Emu3's original LM folder with only its tiktoken tokenizer (remote code)
+    bare = tmp_path / "bare-lm"  # Emu3's original LM folder, its tokenizer broken or missing
     bare.mkdir()
     for f in lm.iterdir():
         if f.name.startswith(("model", "config")):
             shutil.copy(f, bare / f.name)
+    write_tiktoken_tokenizer(bare, {bytes([b]): b for b in range(256)})
     (bare / "emu3.tiktoken").write_text("")
-    with pytest.raises(ConversionError, match="--tokenizer"):
+    with pytest.raises(ConversionError, match=r"emu3\.tiktoken: has no BPE ranks"):
+        convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
+    (bare / "emu3.tiktoken").write_text("AAAA 0\nnot-base64! 1\n")
+    with pytest.raises(ConversionError, match=r"emu3\.tiktoken: line 2 is not 'base64-token rank'"):
+        convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
+    (bare / "emu3.tiktoken").write_text("AA== 0\nAQ== 2\n")
+    with pytest.raises(ConversionError, match=r"emu3\.tiktoken: ranks are not 0\.\.1"):
+        convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
+    (bare / "emu3.tiktoken").write_text("AA== 0\n")
+    (bare / "emu3_vision_tokens.txt").unlink()
+    with pytest.raises(ConversionError, match=r"emu3_vision_tokens\.txt: missing"):
+        convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
+    (bare / "emu3.tiktoken").unlink()  # only tokenizer_config.json (remote code) is left
+    with pytest.raises(ConversionError, match=r"emu3\.tiktoken: missing, and so is tokenizer\.json"):
+        convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
+    (bare / "tokenizer_config.json").unlink()  # no tokenizer file at all
+    with pytest.raises(ConversionError, match=r"emu3\.tiktoken: missing, and so is tokenizer\.json"):
         convert_emu3(bare, tmp_path / "out", vq=emu3[3][1])
     assert convert_emu3(bare, tmp_path / "out2", vq=emu3[3][1], tokenizer=lm, image_size=IMAGE).is_dir()
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_tiktoken_tokenizer_converts_with_emu3_ids(tiktoken_emu3):
+    """Emu3's original tokenizer, converted offline: the ids tiktoken gives (ranks, pattern, special tokens) for
+    any text, every BPE token at its rank and every special token at its Emu3 id; decoding inverts encoding."""
+    import tiktoken
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    _, ranks, (lm, _) = tiktoken_emu3
+    tok = convert_tiktoken_tokenizer(lm)
+    reference = _tiktoken_reference(ranks)
+    for text in TEXTS + ODD_TEXTS:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == reference(text), text
+        assert tok.decode(ids) == unicodedata.normalize("NFC", text)
+    assert any(len(reference(t)) < len(t.encode()) for t in TEXTS)  # the merges are used, not only bytes
+    for pattern in (TikTokenConverter().pattern, GPT2_PATTERN):  # the test tells Emu3's pattern from others
+        other = tiktoken.Encoding("other", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+        assert any(other.encode_ordinary(t) != reference(t) for t in ODD_TEXTS[:3]), pattern
+    assert tok.get_vocab() == tiktoken_vocab(ranks) and len(tok) == len(ranks) + 211 + CODEBOOK
+    n = len(ranks)  # Emu3: <|endoftext|> at 151643 = the number of BPE ranks, then its order
+    for token, want in {"<|endoftext|>": n, "<|im_end|>": n + 2, "<|extra_0|>": n + 3, "<|extra_200|>": n + 203,
+                        "<|extra_203|>": n + 206, "<|extra_204|>": n + 207, "<|image token|>": n + 208,
+                        "<|image start|>": n + 209, "<|image end|>": n + 210, "<|visual token 000000|>": n + 211,
+                        f"<|visual token {CODEBOOK - 1:06d}|>": n + 210 + CODEBOOK}.items():
+        assert tok.convert_tokens_to_ids(token) == want, token
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|extra_203|>", "<|extra_204|>", "<|endoftext|>")
+
+
+def test_original_layout_with_tiktoken_tokenizer_gives_emu3_logits(tiktoken_emu3, tmp_path):
+    """`progemu convert emu3 LM OUT --vq VQ` on the original folder alone: Emu3's logits, ids and layout."""
+    native, ranks, (lm, vq) = tiktoken_emu3
+    out = tmp_path / "out"
+    assert main(["convert", "emu3", str(lm), str(out), "--vq", str(vq), "--image-size", str(IMAGE)]) == 0
+    _same_logits(native, out)
+    proc = AutoProcessor.from_pretrained(out)  # the converted tokenizer, saved and loaded again
+    reference = _tiktoken_reference(ranks)
+    for text in TEXTS + ODD_TEXTS:
+        assert proc.tokenizer.encode(text, add_special_tokens=False) == reference(text), text
+    lay, n = proc.layout, len(ranks)
+    assert lay.image_token_offset == n + 211 and lay.codebook_size == CODEBOOK and lay.vocab_size == n + 211 + CODEBOOK
+    assert lay.special_ids == {"bos": n + 206, "eos": n + 207, "pad": n, "boi": n + 209, "img": n + 208,
+                               "eol": n + 203, "eof": n + 204, "eoi": n + 210}
 
 
 def test_greedy_cfg_generation_matches_native_emu3_generate(emu3, converted):

@@ -1,7 +1,7 @@
 """``progemu convert emu3``: an Emu3-Gen / ProgEmu checkpoint -> a progemu model folder (same ids, same logits).
 
     progemu convert emu3 Emu3-Gen-hf runs/emu3-gen
-    progemu convert emu3 progemu/lm runs/progemu --vq progemu/vq --tokenizer Emu3-Gen-hf
+    progemu convert emu3 progemu/lm runs/progemu --vq progemu/vq      # Emu3's original layout, tiktoken tokenizer
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     e.add_argument("src", help="Emu3 folder: Emu3ForConditionalGeneration + Emu3Processor, or the original LM folder")
     e.add_argument("out", help="output folder (must not exist)")
     e.add_argument("--vq", help="original layout: the vision tokenizer's folder")
-    e.add_argument("--tokenizer", help="folder of a tokenizer in transformers' format (default: SRC); the original "
-                                       "tiktoken tokenizer needs remote code, BAAI/Emu3-Gen-hf's has the same ids")
+    e.add_argument("--tokenizer", help="folder of the text tokenizer (default: SRC): transformers' format "
+                                       "(tokenizer.json) or Emu3's original one (emu3.tiktoken, converted here)")
     e.add_argument("--image-size", type=int, default=512, help="image side in px (512 -> 64x64 codes, as ProgEmu)")
     e.add_argument("--sequence-order", choices=SEQUENCE_ORDERS, default="prior_prompt",
                    help="condition order (default ProgEmu's: prior image, then prompt)")

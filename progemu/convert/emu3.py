@@ -1,7 +1,7 @@
 """Convert Emu3-Gen / ProgEmu weights into a progemu model folder: Emu3's token ids and logits, kept.
 
     progemu convert emu3 Emu3-Gen-hf runs/emu3-gen                              # transformers' Emu3 format
-    progemu convert emu3 progemu/lm runs/progemu --vq progemu/vq --tokenizer Emu3-Gen-hf   # Emu3's original layout
+    progemu convert emu3 progemu/lm runs/progemu --vq progemu/vq              # Emu3's original layout
 
 SRC is either ``Emu3ForConditionalGeneration.save_pretrained`` + ``Emu3Processor`` (the VQ-VAE inside, keys
 ``model.text_model.*`` / ``model.vqmodel.*``, or the older ``text_model.model.*`` / ``vqmodel.*``) or Emu3's
@@ -9,8 +9,10 @@ original layout: an ``Emu3ForCausalLM`` folder (Llama key names ``model.*``, ``l
 tokenizer's folder (``encoder.*``, ``decoder.*``, ``quantize.*``, ...), mapped as transformers' own Emu3
 conversion maps them. The backbone becomes a `ProgEmuForCausalLM` (a Llama model: Emu3's text model is one; its
 residual dropout acts only in training), the VQ-VAE goes to ``OUT/vq`` behind `progemu.emu3_vq.Emu3GrayVQ`,
-and the layout is `progemu.tokenization.emu3_layout`. Weights are read and written one safetensors shard at a
-time, so an 8B checkpoint never holds two full copies in memory. Nothing is downloaded.
+and the layout is `progemu.tokenization.emu3_layout`. The original LM folder's tiktoken text tokenizer
+(``emu3.tiktoken``) is converted offline with the same ids (`progemu.convert.emu3_tiktoken`); ``--tokenizer``
+names another folder (transformers' format or the original one). Weights are read and written one safetensors
+shard at a time, so an 8B checkpoint never holds two full copies in memory. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -120,14 +122,27 @@ def _image_stats(*candidates: Path) -> tuple[list[float], list[float]] | None:
 
 
 def _load_tokenizer(folder: Path) -> Any:
+    """A transformers-format tokenizer (``tokenizer.json``) when there is one, else Emu3's tiktoken one, converted."""
     from transformers import AutoTokenizer
 
+    from progemu.convert.emu3_tiktoken import TIKTOKEN_FILE, convert_tiktoken_tokenizer, has_tiktoken_tokenizer
+
+    if not folder.is_dir():
+        raise ConversionError(folder, "no such folder (the tokenizer given with --tokenizer)")
+    if not (folder / "tokenizer.json").is_file():
+        if has_tiktoken_tokenizer(folder):
+            return convert_tiktoken_tokenizer(folder)  # Emu3's original layout: same ids, no remote code run
+        config = folder / "tokenizer_config.json"
+        if not config.is_file() or _read_json(config).get("tokenizer_class") == "Emu3Tokenizer":
+            raise ConversionError(folder / TIKTOKEN_FILE, "missing, and so is tokenizer.json: neither Emu3's "
+                                                          "original text tokenizer nor one in transformers' format; "
+                                                          "pass --tokenizer with a folder that has one")
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:  # noqa: BLE001 - any failure means: no tokenizer loadable without remote code here
-        raise ConversionError(folder, "no tokenizer that loads without trust_remote_code (Emu3's original one is "
-                                      "tiktoken code); pass --tokenizer with the tokenizer files of transformers' "
-                                      f"Emu3 format, e.g. a local copy of BAAI/Emu3-Gen-hf (same ids): {err}") from err
+        raise ConversionError(folder, f"no tokenizer that loads without trust_remote_code and no {TIKTOKEN_FILE}; "
+                                      "pass --tokenizer with a tokenizer in transformers' format (e.g. a local "
+                                      f"copy of BAAI/Emu3-Gen-hf) or Emu3's original one: {err}") from err
 
 
 class Emu3Source:
