@@ -67,7 +67,8 @@ def save_transformers_format(model: Emu3ForConditionalGeneration, processor: Emu
     return path
 
 
-def save_original_format(model: Emu3ForConditionalGeneration, processor: Emu3Processor, path: Path) -> tuple[Path, Path]:
+def save_original_format(model: Emu3ForConditionalGeneration, processor: Emu3Processor,
+                         path: Path) -> tuple[Path, Path]:
     """Emu3's original layout: ``lm/`` (Llama names, model_type "Emu3", two shards) and ``vq/`` (bare names)."""
     lm, vq = path / "lm", path / "vq"
     lm.mkdir(parents=True)
