@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, images in families(priors, priors[0].shape[-1]).items():
         rows = [pipe.prior_fidelity(x, encode_images(pipe.model, pipe.processor, [x])[0]) for x in images]
         psnr, ssim = (np.median([r[0][k] for r in rows]) for k in ("psnr", "ssim"))
-        print(f"| {name} | {len(rows)} | {psnr:.1f} | {ssim:.3f} | {sum(r[1] is not None for r in rows)}/{len(rows)} |")
+        warned = sum(r[1] is not None for r in rows)
+        print(f"| {name} | {len(rows)} | {psnr:.1f} | {ssim:.3f} | {warned}/{len(rows)} |")
 
 
 if __name__ == "__main__":

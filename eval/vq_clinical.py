@@ -7,7 +7,7 @@ Run: ``python -m eval.vq_clinical --vq runs/vq-tiny --evaluators runs/evaluators
 
 Images (priors and follow-ups of the split's records, in order) are read with the foundation loaders and
 ingestion at the tokenizer's image size. The findings classifier is scored with its own calibrated per-finding
-thresholds on both sides, so a difference comes from the reconstruction alone. Issue 4's criterion: the macro
+thresholds on both sides, so a difference comes from the reconstruction alone. The criterion: the macro
 accuracy on reconstructions is within 3 points of that on the originals. ``--skip`` leaves out the split's first
 records, e.g. the 320 validate pairs that ``eval.train_evaluators`` scored (and calibrated thresholds) on.
 

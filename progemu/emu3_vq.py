@@ -87,9 +87,10 @@ class Emu3GrayVQ(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) codes -> (B, 1, H, W) grayscale in [-1, 1] (the mean of the un-normalised RGB channels)."""
+        """(B, h, w) codes -> (B, 1, H, W) grayscale in [-1, 1]: the mean of the RGB channels as Emu3's image
+        processor post-processes them (un-normalised, each clipped to [0, 1])."""
         rgb = self.vqmodel.decode(torch.as_tensor(codes).long()).float()  # (B, 3, H, W), normalised
-        x = (rgb * self.image_std + self.image_mean).mean(1, keepdim=True).clamp(0, 1)
+        x = (rgb * self.image_std + self.image_mean).clamp(0, 1).mean(1, keepdim=True)
         return x * 2 - 1
 
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:

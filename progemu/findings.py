@@ -215,9 +215,12 @@ _BREAK = re.compile(r",? *\b(?:but|however|although|though|whereas|while|except|
                     r"in keeping with|representing|and there (?:is|are)|and(?= the\b)|otherwise)\b|;|, there (?:is|are)\b|"
                     # a comma before a new statement: "No effusion, new left pneumothorax", "No pneumothorax, the
                     # effusion has increased" (a list's shared verb, "..., or consolidation is seen", does not break)
-                    r", *(?=(?:a |an )?(?:new|newly|increased|increasing|worsened|worsening|developing|enlarging)\b)|"
-                    r", *(?=[a-z -]{0,40}\b(?:has|have|is|are) (?:now )?(?:increased|worsened|developed|appeared|"
-                    r"enlarged|progressed|decreased|improved|resolved|new)\b)")
+                    # (nor does a list's next item: "No pneumothorax, new or increased effusion", "..., or edema has
+                    # developed")
+                    r",(?! *new (?:or|and)\b) *(?=(?:a |an )?(?:new|newly|increased|increasing|worsened|worsening|"
+                    r"developing|enlarging)\b[^,]*$)|"
+                    r",(?! *(?:or|and|nor)\b) *(?=[a-z -]{0,40}\b(?:has|have|is|are) (?:now )?(?:increased|worsened|"
+                    r"developed|appeared|enlarged|progressed|decreased|improved|resolved|new)\b)")
 # Pseudo-negations: "no change in the effusion" does not negate the effusion (NegBio's pseudo-negation rule).
 _PSEUDO_NEG = re.compile(r"\bno (?:significant |appreciable )?(?:interval )?(?:change|increase|decrease|worsening|"
                          r"improvement)\b|\bnot (?:changed|significantly changed)\b")
@@ -402,7 +405,10 @@ def parse_sentence(sentence: str, index: int = 0) -> tuple[list[Mention], str | 
     for mentions, _ in clauses:
         for m in mentions:
             ch = m.change or (sentence_change if m.label != NO_FINDING else None)
-            out.append(replace(m, side=m.side or sentence_side, change=ch))
+            # a side only for findings that have one ("Moderate cardiomegaly with new right effusion": no side for
+            # the heart), from the mention's clause, else its sentence
+            lateral = m.key is None or FINDINGS[m.key].lateral
+            out.append(replace(m, side=(m.side or sentence_side) if lateral else None, change=ch))
     return out, sentence_change
 
 

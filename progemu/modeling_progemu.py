@@ -148,6 +148,13 @@ class ProgEmuForCausalLM(ProgEmuPreTrainedModel, GenerationMixin):
     def set_image_tokenizer(self, vq: nn.Module | None) -> None:
         object.__setattr__(self, "_vqmodel", vq)  # bypasses nn.Module's submodule registration on purpose
 
+    def to(self, *args: Any, **kwargs: Any) -> ProgEmuForCausalLM:
+        """`nn.Module.to`; the image tokenizer follows to the same device (its dtype stays: it is no submodule)."""
+        moved = super().to(*args, **kwargs)
+        if self.vqmodel is not None:
+            self.vqmodel.to(next(self.parameters()).device)
+        return moved
+
     def _need_vq(self) -> nn.Module:
         if self.vqmodel is None:
             from progemu.errors import LayoutError

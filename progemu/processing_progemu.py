@@ -240,7 +240,19 @@ class ProgEmuProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> ProgEmuProcessor:
         """Load a folder written by `save_pretrained`. A ``vq/`` in it belongs to the model
         (`ProgEmuForCausalLM.from_pretrained` loads it), not to the processor."""
+        for gone in ("vq_model", "load_vq"):
+            if gone in kwargs:
+                raise TypeError(f"ProgEmuProcessor.from_pretrained: {gone!r} is gone: the processor carries no network; "
+                                "the model owns its image tokenizer (ProgEmuForCausalLM.from_pretrained loads vq/, "
+                                "set_image_tokenizer replaces it; progemu.image_codes encodes and decodes)")
         return super().from_pretrained(str(pretrained_model_name_or_path), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("encode_images", "decode_codes"):  # moved with the network: say where to
+            raise AttributeError(f"ProgEmuProcessor.{name} moved: use progemu.image_codes.{name}(model, "
+                                 f"{'processor, images' if name == 'encode_images' else 'codes'}) (the model owns "
+                                 "its image tokenizer)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 __all__ = ["IMAGE_TASKS", "TASKS", "ProgEmuProcessor"]

@@ -32,6 +32,8 @@ TABLE: dict[str, list[tuple[str, dict[str, str]]]] = {
         ("No effusion, new left pneumothorax.", {EFF: N, PTX: P}),
         ("No pneumothorax, the right pleural effusion has increased.", {PTX: N, EFF: P}),
         ("No pleural effusion, pneumothorax, or focal consolidation is seen.", {EFF: N, PTX: N, CONS: N}),
+        ("No pneumothorax, effusion, or edema has developed.", {PTX: N, EFF: N, ED: N}),
+        ("No pneumothorax, new or increased effusion.", {PTX: N, EFF: N}),
         ("No pleural effusion, pneumothorax, or pulmonary edema is identified.", {EFF: N, PTX: N, ED: N}),
         ("Interval removal of the endotracheal tube.", {SD: N}),
     ],

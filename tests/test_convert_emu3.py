@@ -147,6 +147,10 @@ def test_grayscale_codes_match_native_image_tokens(emu3, converted):
     assert torch.equal(torch.tensor(proc.image_ids(codes[0])), native_block)
     decoded = decode_codes(vq, codes)  # Emu3's RGB output back as one channel
     assert decoded.shape == (1, IMAGE, IMAGE) and 0 <= decoded.min() and decoded.max() <= 1
+    with torch.no_grad():  # Emu3's own decoding and its image processor's postprocessing, as 8-bit RGB
+        rgb = native_proc.image_processor.postprocess(native.model.vqmodel.decode(codes), return_tensors="np")
+    rgb = np.asarray(rgb["pixel_values"] if hasattr(rgb, "keys") else rgb, np.float32).reshape(-1, 3, IMAGE, IMAGE)
+    np.testing.assert_allclose(decoded[0], rgb[0].mean(0) / 255, atol=1 / 255)  # 8-bit RGB: its channels' mean
 
 
 def test_missing_or_bad_sources_are_clear_errors(emu3, tmp_path, capsys):

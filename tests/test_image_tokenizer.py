@@ -12,7 +12,8 @@ import torch
 
 from progemu.data.ingest import from_pixel_values, to_pixel_values
 from progemu.emu3_vq import load_image_tokenizer
-from progemu.generation.pipeline import CounterfactualPipeline
+from progemu.generation.decoder import DecodeOptions
+from progemu.generation.pipeline import CounterfactualPipeline, GenerationItem, PipelineOptions
 from progemu.image_codes import decode_codes, encode_images, ingest_options
 from progemu.modeling_progemu import ProgEmuForCausalLM
 from progemu.modeling_vq import ProgEmuVQModel
@@ -52,8 +53,16 @@ def test_the_processor_carries_no_network_and_the_model_saves_vq(tmp_path):
 
 
 def test_the_pipeline_encodes_with_the_models_tokenizer():
+    """Every prior goes through the model's own image tokenizer, one image at a time."""
     pipe = CounterfactualPipeline.from_pretrained(ASSET, device="cpu")
     assert pipe.model.vqmodel is not None and not hasattr(pipe.processor, "vq_model")
+    seen, encode = [], pipe.model.vqmodel.encode
+    pipe.model.vqmodel.encode = lambda x: seen.append(tuple(x.shape)) or encode(x)
+    priors = [np.random.default_rng(i).random((128, 128)).astype(np.float32) for i in range(2)]
+    items = [GenerationItem(f"i{i}", image=p, prompt="Moderate cardiomegaly has developed.")
+             for i, p in enumerate(priors)]
+    pipe(items, PipelineOptions(decode=DecodeOptions(max_text_tokens=1), guidance="none"))
+    assert seen == [(1, 1, 128, 128)] * 2
 
 
 def test_a_model_without_image_tokenizer_is_a_clear_error():

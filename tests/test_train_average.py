@@ -28,7 +28,8 @@ def test_average_is_the_weighted_mean_and_reloads(tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, ref(ids).logits, atol=1e-5)
-    assert AutoProcessor.from_pretrained(tmp_path / "out").vocab_layout == AutoProcessor.from_pretrained(a).vocab_layout
+    layout = AutoProcessor.from_pretrained(tmp_path / "out").vocab_layout
+    assert layout == AutoProcessor.from_pretrained(a).vocab_layout
     assert model.vqmodel is not None  # the first input's VQ in vq/, the model's image tokenizer
     card = (tmp_path / "out" / "README.md").read_text()
     assert "average of" in card and f"{a}: `not recorded`" in card

@@ -195,9 +195,9 @@ def test_stream_state_round_trip_and_other_layouts(tmp_path):
     assert StreamState(0, 1, 0, again.sizes(), 1).restore(tmp_path / "checkpoint-5", again)
     assert again.resume == {0: taken[-1]["data_state"]} and again.resume_batches == 5
     epoch = max(int(r["data_state"]["epochs"][0]) for r in taken)
-    for world, workers in ((2, 0), (1, 2)):
-        relaid = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8, world=world)
-        assert StreamState(0, world, workers, relaid.sizes(), 1).restore(tmp_path / "checkpoint-5", relaid)
+    for rank, world, workers in ((0, 2, 0), (1, 2, 0), (0, 1, 2)):  # rank 1 of 2: the checkpoint had no rank 1
+        relaid = PackedStream(rows, tagged_builder, ["icg"], 64, seed=1, buffer=8, rank=rank, world=world)
+        assert StreamState(rank, world, workers, relaid.sizes(), 1).restore(tmp_path / "checkpoint-5", relaid)
         assert {s["epochs"][0] for s in relaid.resume.values()} == {epoch + 1} and relaid.resume_batches == 0
         after = list(itertools.islice(relaid, 3))
         assert all(r["data_state"]["epochs"][0] >= epoch + 1 for r in after)

@@ -40,7 +40,8 @@ def test_grown_model_computes_the_same_logits_and_trains_its_new_blocks(tmp_path
             got, want = w[f"model.layers.{j}.{name}"], w_src[f"model.layers.{i}.{name}"]
             zeroed = fresh and ("o_proj" in name or "down_proj" in name)
             assert torch.equal(got, torch.zeros_like(want) if zeroed else want), (j, name)
-    assert AutoProcessor.from_pretrained(tmp_path / "out").vocab_layout == AutoProcessor.from_pretrained(src).vocab_layout
+    layout = AutoProcessor.from_pretrained(tmp_path / "out").vocab_layout
+    assert layout == AutoProcessor.from_pretrained(src).vocab_layout
     assert big.vqmodel is not None  # src's VQ, in vq/
     assert "grown from" in (tmp_path / "out" / "README.md").read_text()
     # one optimiser step gives the new blocks outputs: the grown model can learn what the small one could not

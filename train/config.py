@@ -40,7 +40,8 @@ class ModelArgs:
     lora_rank: int = field(default=0, metadata={
         "help": "0: full fine-tuning; > 0: LoRA adapters of this rank (peft) on lora_targets, the rest frozen; "
                 "train.consolidate merges them into final/"})
-    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator (the update is alpha / rank x BA)"})
+    lora_alpha: float = field(default=32.0,
+                              metadata={"help": "LoRA scale numerator (the update is alpha / rank x BA)"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                               metadata={"help": "comma-separated module names that get LoRA adapters"})
     stop_at_step: int = field(default=0, metadata={

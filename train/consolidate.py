@@ -121,8 +121,10 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     model.save_pretrained(tmp)
     src = Path(processor_dir) if processor_dir else ckpt
     for item in src.iterdir():  # processor and text tokenizer saved by the Trainer, the model's vq/ beside them
-        if item.name in RUN_FILES or item.name.startswith(("rng_state", "global_step", "checkpoint-")):
+        if item.name in RUN_FILES or item.name.startswith(("rng_state", "global_step", "checkpoint-", "data_state")):
             continue
+        if item.name == "vq" and src != ckpt and (ckpt / "vq").is_dir():
+            continue  # the run's own image tokenizer (the shards' VQ) wins over another processor folder's
         if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(item, tmp / item.name)
         elif item.is_dir():

@@ -284,6 +284,8 @@ class StreamState:
         import json
 
         path = Path(checkpoint) / "data_state" / f"rank{self.meta['rank']}.json"
+        if not path.is_file():  # a rank the checkpoint's run did not have: any rank's file tells its layout
+            path = next(iter(sorted(path.parent.glob("rank*.json"))), path)
         if not path.is_file():
             log.warning("%s: no saved data position; the data stream starts from its beginning", path)
             return False
@@ -291,7 +293,10 @@ class StreamState:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ProgEmuError(f"{path}: unreadable data position ({exc})") from exc
-        differ = {k: (saved.get(k), v) for k, v in self.meta.items() if saved.get(k) != v}
+        differ = {k: (saved.get(k), v) for k, v in self.meta.items() if saved.get(k) != v and k != "rank"}
+        if saved.get("world") == self.meta["world"] and saved.get("rank") != self.meta["rank"]:
+            raise ProgEmuError(f"{path.parent}: no data position of rank {self.meta['rank']} in a checkpoint of as many "
+                               "ranks (an incomplete checkpoint): resume from an earlier one")
         if differ and set(differ) <= {"world", "workers"}:  # same data and seed, other ranks x workers
             return self._next_epoch(Path(checkpoint) / "data_state", stream, differ)
         if differ:

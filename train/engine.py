@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ class ProgEmuTrainer(Trainer):
         self._acc: torch.Tensor | None = None
         self._last_log_time: float | None = None
         self.stream_state: StreamState | None = None
+        # writers of a checkpoint's further parts, called with its folder before the Trainer saves (rank 0)
+        self.checkpoint_extras: list[Callable[[Path], None]] = []
         if isinstance(self.train_dataset, PackedStream):
             ds = self.train_dataset
             self.stream_state = StreamState(self.args.process_index, self.args.world_size,
@@ -57,11 +60,16 @@ class ProgEmuTrainer(Trainer):
         return stream_loader(ds, self.args, self.data_collator, self._train_batch_size)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        """Each rank's data-stream position first (``data_state/rank{R}.json``), then the Trainer's checkpoint,
-        whose ``trainer_state.json`` comes last: a checkpoint complete enough to resume from has the position."""
+        """What a resume or `train.consolidate` needs beside the Trainer's own files first (each rank's data-stream
+        position ``data_state/rank{R}.json``; on rank 0 ``checkpoint_extras``: the image tokenizer's ``vq/``, a LoRA
+        run's base ``config.json``), then the Trainer's checkpoint, whose ``trainer_state.json`` comes last: a
+        checkpoint complete enough to resume from has them all."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.stream_state is not None:
-            folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.stream_state.save(Path(self._get_output_dir(trial=trial)) / folder)
+            self.stream_state.save(folder)
+        if self.is_world_process_zero():
+            for write in self.checkpoint_extras:
+                write(folder)
         super()._save_checkpoint(model, trial)
 
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
@@ -121,18 +129,6 @@ def stream_loader(stream: PackedStream, args: TrainingArguments, collator: Any,
         pin_memory=args.dataloader_pin_memory, persistent_workers=args.dataloader_persistent_workers and workers > 0,
         prefetch_factor=args.dataloader_prefetch_factor if workers else None,
         multiprocessing_context=args.dataloader_multiprocessing_context if workers else None)
-
-
-class SaveImageTokenizer(TrainerCallback):
-    """Writes the run's image tokenizer into each checkpoint's ``vq/``, where a model folder keeps it (the model's
-    ``vqmodel``; `train.consolidate` copies it). It is frozen and no submodule of the trained model."""
-
-    def __init__(self, image_tokenizer: Any):
-        self.image_tokenizer = image_tokenizer
-
-    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            self.image_tokenizer.save_pretrained(str(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "vq"))
 
 
 class StopAtStep(TrainerCallback):

@@ -4,7 +4,12 @@
     make finetune [CONFIG=base-finetune NGPUS=8 NNODES=2 HOSTFILE=hosts RESUME=1]
 """
 
-from train.run import main
+from train import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    run.main("finetune", argv)
+
 
 if __name__ == "__main__":
-    main("finetune")
+    main()

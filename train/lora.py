@@ -8,10 +8,8 @@ the adapters into the weights (`merge_lora`), so ``final/`` is a plain model fol
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 PEFT_PREFIX = "base_model.model."
 
@@ -58,14 +56,3 @@ def merge_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], adapter_d
         raise ProgEmuError(f"{adapter_dir}: LoRA weights do not match the model (adapters missing {lost[:5]}, "
                            f"unexpected {unexpected[:5]})")
     return peft_model.merge_and_unload()
-
-
-class SaveBaseConfig(TrainerCallback):
-    """peft saves only the adapters' config: put the base model's ``config.json`` into each checkpoint as well."""
-
-    def __init__(self, config: Any):
-        self.config = config
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            self.config.save_pretrained(str(Path(args.output_dir) / f"checkpoint-{state.global_step}"))

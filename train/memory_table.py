@@ -54,8 +54,9 @@ def rows(p: dict[str, int], gpus: list[int], tokens: int) -> list[tuple[str, int
     act = activation_bytes(p, tokens)
     out = []
     for n in gpus:
-        for mode, off, off_params in (("full, ZeRO-3", False, False), ("full, ZeRO-3 + optimizer offload", True, False),
-                                      ("full, ZeRO-3 + optimizer and weight offload", True, True)):
+        modes = (("full, ZeRO-3", False, False), ("full, ZeRO-3 + optimizer offload", True, False),
+                 ("full, ZeRO-3 + optimizer and weight offload", True, True))
+        for mode, off, off_params in modes:
             cpu, gpu, _ = zero3(p["total"], p["largest"], num_gpus_per_node=n, cpu_offload=off,
                                 cpu_offload_params=off_params, zero_init=True)
             out.append((mode, n, (gpu + act) / GB, cpu / GB))

@@ -4,7 +4,12 @@
     make pretrain [CONFIG=base-pretrain NGPUS=8 NNODES=2 HOSTFILE=hosts RESUME=1]
 """
 
-from train.run import main
+from train import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    run.main("pretrain", argv)
+
 
 if __name__ == "__main__":
-    main("pretrain")
+    main()

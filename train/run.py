@@ -20,7 +20,6 @@ from progemu.errors import ProgEmuError
 from train.config import DataArgs, ModelArgs, parse_config
 from train.data import PackedStream, build_rows, load_sources
 from train.engine import (
-    SaveImageTokenizer,
     StopAtStep,
     attn_implementation,
     last_checkpoint,
@@ -89,7 +88,11 @@ def _use_the_shards_vq(vq: Any, data_args: DataArgs, explicit: bool) -> Any:
     from progemu.emu3_vq import load_image_tokenizer
 
     src = shards_vq(data_args.shards)
-    if src is None or vq is None:
+    if vq is None:  # a processor folder without vq/ (processors carry no network): the shards' VQ, else `vq`
+        if src is None and data_args.vq and (Path(data_args.vq) / "config.json").is_file():
+            src = Path(data_args.vq)
+        return None if src is None else load_image_tokenizer(src)
+    if src is None:
         return vq
     shards = load_image_tokenizer(src)
     if _same_weights(shards, vq):
@@ -193,6 +196,13 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
                            "stream (epochs reshuffle), the run ends after max_steps steps")
     if model_args.stop_at_step and not 0 < model_args.stop_at_step < args.max_steps:
         raise ProgEmuError(f"stop_at_step {model_args.stop_at_step} must lie between 0 and max_steps ({args.max_steps})")
+    if model_args.lora_rank > 0:  # checked before any work: the merge at the end needs a progemu folder to start from
+        from transformers import AutoConfig
+
+        if not model_args.init_from or AutoConfig.from_pretrained(model_args.init_from).model_type != "progemu":
+            raise ProgEmuError(f"lora_rank {model_args.lora_rank} adapts trained progemu weights: init_from must be a "
+                               f"progemu folder or checkpoint (e.g. a converted Emu3 / ProgEmu), not "
+                               f"{model_args.init_from!r}")
     set_seed(args.seed)
     sources = load_sources(data_args.shards, data_args.train_split, data_args.max_samples)
     processor, image_tokenizer = load_processor(model_args, data_args, sources[0])
@@ -212,18 +222,22 @@ def run_stage(stage: str, argv: list[str] | None = None, default_config: str | N
     set_seed(args.seed)
     model = build_model(model_args, processor, data_args.max_length, data_args.image_loss_weight,
                         data_args.text_loss_weight, image_tokenizer)
-    extra = [] if image_tokenizer is None else [SaveImageTokenizer(image_tokenizer)]
+    # a model folder keeps its frozen image tokenizer in vq/ (no submodule of the trained model); peft saves only
+    # the adapters' config, so a LoRA checkpoint gets the base model's config.json as well
+    extras = [] if image_tokenizer is None else [lambda folder: image_tokenizer.save_pretrained(str(folder / "vq"))]
     if model_args.lora_rank > 0:
-        from train.lora import SaveBaseConfig, add_lora
+        from train.lora import add_lora
 
-        extra.append(SaveBaseConfig(model.config))
+        base_config = model.config
+        extras.append(lambda folder: base_config.save_pretrained(str(folder)))
         model = add_lora(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_targets)
     save_run_config(args, stage, model_args, data_args)
     trainer = make_trainer(model, args, train_ds, Collator(pad, data_args.max_length, data_args.packing),
                            eval_ds=eval_ds, processing_class=processor)
+    trainer.checkpoint_extras += extras
     if model_args.stop_at_step:
         trainer.add_callback(StopAtStep(model_args.stop_at_step))
-    for cb in [*extra, *(callbacks or [])]:
+    for cb in callbacks or []:
         trainer.add_callback(cb)
     resume = resolve_resume(args)
     if resume is not None and trainer.stream_state.restore(resume, train_ds):

@@ -31,7 +31,8 @@ from progemu.errors import ConversionError, LayoutError
 
 # transformers' Emu3 format (current, then pre-5.x names) -> progemu's names; the original LM's names are Llama's
 TEXT_KEY_RULES = ((r"^model\.text_model\.", "model."), (r"^text_model\.model\.", "model."),
-                  (r"^text_model\.lm_head\.", "lm_head."), (r"^model\.(?!vqmodel\.)", "model."), (r"^lm_head\.", "lm_head."))
+                  (r"^text_model\.lm_head\.", "lm_head."), (r"^model\.(?!vqmodel\.)", "model."),
+                  (r"^lm_head\.", "lm_head."))
 VQ_KEY_RULES = ((r"^model\.vqmodel\.", ""), (r"^vqmodel\.", ""))
 SKIPPED_KEYS = re.compile(r"rotary_emb\.inv_freq$")  # buffers some old checkpoints saved; recomputed on load
 # Emu3's original vision-tokenizer config names -> transformers' Emu3VQVAEConfig names
@@ -220,7 +221,8 @@ def convert_emu3(src: str | Path, out: str | Path, vq: str | Path | None = None,
     text_config, vqc = llama_config(source.text_cfg), vq_config(source.vq_cfg)
     factor = 2 ** (len(vqc.channel_multiplier) - 1)
     if image_size % factor:
-        raise ConversionError(out, f"--image-size {image_size} is not divisible by the VQ-VAE's spatial factor {factor}")
+        raise ConversionError(out, f"--image-size {image_size} is not divisible by the VQ-VAE's spatial factor "
+                                   f"{factor}")
     try:
         layout = emu3_layout(source.tokenizer, image_size // factor, image_size // factor, source.vocabulary_map,
                              text_vocab_size=text_config.vocab_size)

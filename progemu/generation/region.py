@@ -112,7 +112,10 @@ def asks_no_change(text: str) -> bool:
     mentions = [m for found, _ in sentences for m in found]
     if any(asks_change(m) for m in mentions):
         return False
-    return any(m.change == "unchanged" for m in mentions) or any(ch == "unchanged" for _, ch in sentences)
+    # kept ("Stable ...", "No significant change") or only called normal ("The heart size is normal."): nothing to
+    # change. A denied finding alone ("No pneumothorax.") may mean it is to go: its region is edited
+    return (any(m.change == "unchanged" for m in mentions) or any(ch == "unchanged" for _, ch in sentences)
+            or (bool(mentions) and all(m.normal for m in mentions)))
 
 
 def parse_findings(text: str) -> list[tuple[str, str | None]]:
