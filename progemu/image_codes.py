@@ -25,15 +25,12 @@ from progemu.errors import LayoutError
 
 def image_tokenizer(owner: Any) -> nn.Module:
     """The image tokenizer network of ``owner`` (a model's ``vqmodel``, or ``owner`` itself); LayoutError if none."""
-    vq = owner.vqmodel if hasattr(owner, "get_image_tokens") else owner
-    if vq is None:
-        raise LayoutError("this model has no image tokenizer: load a folder with vq/ or call set_image_tokenizer")
-    return vq
+    return owner._need_vq() if hasattr(owner, "get_image_tokens") else owner
 
 
 def ingest_options(owner: Any, processor: Any) -> Any:
     """The processor's `IngestOptions`, its size derived from the tokenizer's downsampling where none was saved."""
-    vq = owner.vqmodel if hasattr(owner, "get_image_tokens") else owner
+    vq = owner.vqmodel if hasattr(owner, "get_image_tokens") else owner  # may be None: reading files needs no network
     factor = getattr(getattr(vq, "config", None), "downsample_factor", None)
     return processor.get_ingest_options(downsample_factor=factor)
 
@@ -53,17 +50,13 @@ def pixel_values(owner: Any, processor: Any,
 @torch.no_grad()
 def encode_images(owner: Any, processor: Any,
                   images: Sequence[str | Path | np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Image files / [0, 1] arrays (H, W) / pixel values (B, 1, H, W) -> codes (B, h, w) long, on the CPU."""
+    """Image files / [0, 1] arrays (H, W) / pixel values (B, 1, H, W) -> codes (B, h, w) long, on the CPU.
+    (The tokenizer's codes directly: a model's `get_image_tokens` would wrap them in block ids to unwrap here.)"""
+    vq = image_tokenizer(owner)
     pixels = pixel_values(owner, processor, images)
     lay = processor.layout
-    if hasattr(owner, "get_image_tokens"):
-        image_tokenizer(owner)  # a model without one: say so, not a grid error
-        try:
-            return lay.ids_to_codes(owner.get_image_tokens(pixels))
-        except LayoutError as err:
-            raise LayoutError(f"images of {tuple(pixels.shape[-2:])} px: {err}") from err
-    param = next(owner.parameters())
-    codes = owner.encode(pixels.to(param.device, param.dtype))
+    param = next(vq.parameters())
+    codes = vq.encode(pixels.to(param.device, param.dtype))
     if tuple(codes.shape[-2:]) != (lay.grid_h, lay.grid_w):
         raise LayoutError(f"images of {tuple(pixels.shape[-2:])} px give a {tuple(codes.shape[-2:])} code grid, "
                           f"the layout expects {lay.grid_h}x{lay.grid_w}")
@@ -75,12 +68,8 @@ def decode_codes(owner: Any, codes: torch.Tensor) -> np.ndarray:
     """Codes (B, h, w) -> float32 images (B, H, W) in [0, 1]."""
     from progemu.data.ingest import from_pixel_values
 
-    codes = torch.as_tensor(codes).long()
-    if hasattr(owner, "decode_image_tokens"):
-        pixels = owner.decode_image_tokens(codes)
-    else:
-        pixels = owner.decode(codes.to(next(owner.parameters()).device))
-    out = from_pixel_values(pixels)
+    vq = image_tokenizer(owner)
+    out = from_pixel_values(vq.decode(torch.as_tensor(codes).long().to(next(vq.parameters()).device)))
     return out[None] if out.ndim == 2 else out
 
 

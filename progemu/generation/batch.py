@@ -224,8 +224,9 @@ class BatchRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         entries = read_manifest(manifest, self.opts.mode)
         items = {e.id: e for e in entries if isinstance(e, GenerationItem)}
-        todo_ids = group.broadcast([i for i, e in items.items() if self.overwrite or self._finished(e) is None]
-                                   if rank == 0 else None)
+        # rank 0 reads every record once: the finished ones are kept for the merge, the others are the work
+        before = {} if rank != 0 or self.overwrite else {i: r for i, e in items.items() if (r := self._finished(e))}
+        todo_ids = group.broadcast([i for i in items if i not in before] if rank == 0 else None)
         todo = [items[i] for i in todo_ids]
         log = ResultLog(self.out, rank)
         n_batches = -(-len(todo) // self.batch_size)
@@ -254,7 +255,7 @@ class BatchRunner:
         shares = group.gather(share)
         counts = None
         if rank == 0:
-            statuses = merge_results(self.out, entries, self._finished)
+            statuses = merge_results(self.out, entries, lambda e: before.get(e.id) or self._finished(e))
             skipped = len(items) - len(todo)
             pending = sum(s == "pending" for s in statuses)
             errors = sum(s == "error" for s in statuses)
