@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from progemu.data.records import SPLITS, CXRRecord
 from progemu.errors import ProgEmuError
+from progemu.generation.distributed import Group, Ranks
 from progemu.io import file_stamp, write_json_atomic, write_text_atomic
 
 ERRORS = "errors.json"  # a chunk's unreadable records, inside its folder
@@ -112,26 +113,6 @@ def _save_atomic(ds: datasets.Dataset, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _ranks() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
-    env = os.environ
-    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
-
-
-def _sync(world: int, obj: Any = None) -> Any:
-    """A barrier over all ranks that hands rank 0's ``obj`` to every rank."""
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    if not dist.is_initialized():  # gloo also beside GPUs: only small Python objects travel
-        # ranks wait here for the slowest one to finish its chunks, hence the long timeout
-        dist.init_process_group("gloo", timeout=timedelta(hours=24))
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str | Path, size: int | None = None,
                    batch: int = 32, chunk: int = 256, device: str | None = None, progress: bool = True,
                    max_chunks: int | None = None) -> dict[str, int]:
@@ -144,7 +125,10 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
     from progemu.data.loaders import load_records
     from progemu.emu3_vq import load_image_tokenizer
 
-    rank, world, local = _ranks()
+    ranks = Ranks.from_env()  # torchrun's RANK / WORLD_SIZE / LOCAL_RANK; (0, 1, 0) without it
+    rank, world, local = ranks.rank, ranks.world, ranks.local_rank
+    # gloo also beside GPUs (only small Python objects travel); ranks wait for the slowest one's chunks
+    group = Group(ranks, timeout=timedelta(hours=24))
     out = Path(out)
     if device is None:
         # one GPU per local rank; more ranks than GPUs share them (round robin)
@@ -179,7 +163,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         # rerun with another number of ranks knows which chunks are done
         todo = [(split, k) for split, recs in by_split.items() for k in range(-(-len(recs) // chunk))
                 if not (chunks_dir / split / f"chunk-{k:05d}").is_dir()]
-    todo = _sync(world, todo)  # rank 0 lists the missing chunks once, so every rank cuts the same list
+    todo = group.broadcast(todo)  # rank 0 lists the missing chunks once, so every rank cuts the same list
     mine = todo[rank::world][:max_chunks]
     for split, k in tqdm(mine, desc=f"encode (rank {rank}/{world})", disable=not progress):
         errors: list[dict[str, str]] = []
@@ -188,7 +172,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         path.parent.mkdir(parents=True, exist_ok=True)
         _save_chunk(datasets.Dataset.from_list(rows, features=FEATURES), [{"split": split, **e} for e in errors],
                     path)
-    _sync(world)
+    group.barrier()
     if max_chunks is not None and len(todo) > world * max_chunks:
         return {}
     counts: dict[str, int] = {}
@@ -208,7 +192,7 @@ def encode_dataset(model_dir: str | Path, data: str | Path, fmt: str, out: str |
         write_text_atomic(out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors_all))
         # written last: `train.launch` takes it as "finished"
         write_json_atomic(out / "encode_info.json", {**state, "rows": counts}, indent=1)
-    return _sync(world, counts)
+    return group.broadcast(counts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     datasets.disable_progress_bars()  # one bar per saved chunk would drown the encoding bar
     counts = encode_dataset(args.model, args.data, args.format, args.out, args.size, args.batch, args.chunk,
                             args.device, max_chunks=args.max_chunks)
-    if _ranks()[0] == 0:
+    if Ranks.from_env().rank == 0:
         print(json.dumps(counts))
     import torch.distributed as dist
 

@@ -201,11 +201,11 @@ def check_multinode(ngpus: int | None, nnodes: int, hostfile: str | None) -> Non
 
 def launch_command(module: str, run_args: list[str], ngpus: int | None, nnodes: int, hostfile: str | None,
                    env: dict[str, str]) -> list[str]:
-    """torchrun on one node; on several, this environment's DeepSpeed launcher (never another ``deepspeed``
-    that happens to come first on PATH: the remote ranks run the Python that runs the launcher)."""
+    """torchrun on one node; on several (`check_multinode` passed), this environment's DeepSpeed launcher (never
+    another ``deepspeed`` that happens to come first on PATH: the remote ranks run the Python that runs the
+    launcher)."""
     gpus = gpu_count()
     if nnodes > 1 or hostfile:
-        check_multinode(ngpus, nnodes, hostfile)
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ngpus or gpus)]
         if nnodes > 1:
             cmd += ["--num_nodes", str(nnodes)]

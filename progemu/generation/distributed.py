@@ -66,7 +66,7 @@ class Group:
     """What the ranks share: a barrier, rank 0's objects, everyone's objects, and a counter to claim work from.
     Alone (world 1) every call is local and nothing is started."""
 
-    def __init__(self, ranks: Ranks):
+    def __init__(self, ranks: Ranks, timeout: datetime.timedelta = _TIMEOUT):
         self.ranks, self._next, self._store = ranks, 0, None
         if ranks.world == 1:
             return
@@ -77,7 +77,7 @@ class Group:
                 raise ProgEmuError(f"WORLD_SIZE={ranks.world} but {var} is not set: start the ranks with torchrun "
                                    "(or set MASTER_ADDR / MASTER_PORT as torchrun does)")
         if not dist.is_initialized():  # gloo: the messages are small control messages, on CPU and GPU machines alike
-            dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world, timeout=_TIMEOUT)
+            dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world, timeout=timeout)
         # the counter lives in the launch's own key-value store, under a key of this job alone
         store = dist.distributed_c10d._get_default_store()
         self._store = dist.PrefixStore(f"progemu-generate/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/",
