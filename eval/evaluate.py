@@ -220,9 +220,13 @@ def standard_metrics(backends: StandardBackends, systems: list[System], referenc
     if backends.chexbert is not None:
         from eval.chexbert import chexbert_f1
 
-        ref_labels = backends.chexbert.label(references)
+        # each distinct text labelled once: the identity floor repeats one text, the ceilings repeat the references
+        distinct = list(dict.fromkeys([*references, *(t for sys_ in systems for t in sys_.texts)]))
+        by_text = dict(zip(distinct, backends.chexbert.label(distinct), strict=True))
+        ref_labels = np.stack([by_text[t] for t in references])
         for sys_ in systems:
-            metrics["systems"][sys_.name]["text"].update(chexbert_f1(backends.chexbert.label(sys_.texts), ref_labels))
+            hyp = np.stack([by_text[t] for t in sys_.texts])
+            metrics["systems"][sys_.name]["text"].update(chexbert_f1(hyp, ref_labels))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 # own validation data reaches almost always passes, what it has never seen falls below
 PSNR_MARGIN_DB = 1.0
 SSIM_MARGIN = 0.03
+PSNR_CAP_DB = 100.0  # an exact reconstruction (infinite PSNR) is recorded as this, so that JSON stays valid
 
 
 def reconstruct(model: Any, images: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -34,9 +35,6 @@ def reconstruct(model: Any, images: np.ndarray, batch_size: int = 32) -> tuple[n
             recs.append(((model.decode(c).float().clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())
             codes.append(c.cpu().numpy())
     return np.concatenate(recs), np.concatenate(codes)
-
-
-PSNR_CAP_DB = 100.0  # an exact reconstruction (infinite PSNR) is recorded as this, so that JSON stays valid
 
 
 def reconstruction_scores(image: np.ndarray, reconstruction: np.ndarray) -> dict[str, float]:
