@@ -121,16 +121,17 @@ def consolidate(ckpt_dir: str | Path, out_dir: str | Path, dtype: str = "fp32",
     model.save_pretrained(tmp)
     src = Path(processor_dir) if processor_dir else ckpt
     for item in src.iterdir():  # processor and text tokenizer saved by the Trainer, the model's vq/ beside them
-        if item.name in RUN_FILES or item.name.startswith(("rng_state", "global_step", "checkpoint-", "data_state")):
+        if item.name in RUN_FILES or item.name == "vq" or item.name.startswith(
+                ("rng_state", "global_step", "checkpoint-", "data_state")):
             continue
-        if item.name == "vq" and src != ckpt and (ckpt / "vq").is_dir():
-            continue  # the run's own image tokenizer (the shards' VQ) wins over another processor folder's
         if item.is_file() and not item.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(item, tmp / item.name)
         elif item.is_dir():
             shutil.copytree(item, tmp / item.name)
-    if not (tmp / "vq").exists() and (ckpt / "vq").is_dir():  # a processor folder alone holds no image tokenizer
-        shutil.copytree(ckpt / "vq", tmp / "vq")
+    # the image tokenizer: the run's own (the shards' VQ, in each checkpoint), else the processor folder's
+    vq = next((d / "vq" for d in (ckpt, src) if (d / "vq").is_dir()), None)
+    if vq is not None:
+        shutil.copytree(vq, tmp / "vq")
     from progemu.model_card import write_model_card
 
     data_rows, training = card_sections(read_run_info(ckpt))
