@@ -17,8 +17,10 @@ import argparse
 
 import torch
 
+from train.config import ModelArgs
+
 GB = 1024**3
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = tuple(ModelArgs.lora_targets.split(","))  # the run config's default targets
 
 
 def count_params(preset: str, vocab: int, lora_rank: int) -> dict[str, int]:
